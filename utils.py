@@ -3,11 +3,19 @@
 Everything here is used by more than one script (pretrain.py and the evaluation scripts), so it
 lives in one place, as in DINO's utils.py.
 """
+import datetime
 import glob
 import importlib.util
+import json
 import os
+import random
+import sys
+import tempfile
+import time
 
+import numpy as np
 import torch
+import torch.distributed as dist
 
 
 # ----------------------------------------------------------------------------------------------
@@ -65,7 +73,7 @@ def register_torchvision_fallbacks():
     global _TORCHVISION_FALLBACK_LIB
     if _TORCHVISION_FALLBACK_LIB is not None:
         return True
-    if "torchvision" in __import__("sys").modules or _torchvision_extension_loads():
+    if "torchvision" in sys.modules or _torchvision_extension_loads():
         return False
     lib = torch.library.Library("torchvision", "DEF")
     # Schemas as torchvision's C++ declares them (csrc/ops/nms.cpp).
@@ -75,3 +83,234 @@ def register_torchvision_fallbacks():
         lib.impl("nms", _nms_reference, key)
     _TORCHVISION_FALLBACK_LIB = lib
     return True
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed: torchrun sets RANK, WORLD_SIZE, LOCAL_RANK; plain `python script.py` is one process.
+# ----------------------------------------------------------------------------------------------
+
+
+def init_distributed(device_flag="auto"):
+    """Join the torchrun process group if there is one. Returns (rank, world_size, device).
+
+    nccl on GPU, gloo on CPU. Without torchrun the script runs as a single process.
+    """
+    if device_flag == "auto":
+        device_flag = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_flag == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is visible")
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if device_flag == "cuda":
+            torch.cuda.set_device(local_rank)
+            device = torch.device("cuda", local_rank)
+        else:
+            device = torch.device("cpu")
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                     timeout=datetime.timedelta(minutes=30))
+        return rank, world, device
+    return 0, 1, torch.device(device_flag)
+
+
+def is_distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank():
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size():
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process():
+    return get_rank() == 0
+
+
+def barrier():
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_sum(value, device):
+    """Sum a Python number over ranks (used for epoch statistics such as skipped videos)."""
+    if not is_distributed():
+        return value
+    t = torch.tensor(float(value), dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item()
+
+
+def all_gather_variable(tensor):
+    """Gather tensors of different first-dimension sizes from all ranks, concatenated in rank order."""
+    if not is_distributed():
+        return tensor
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(get_world_size())]
+    dist.all_gather(sizes, size)
+    sizes = [int(s.item()) for s in sizes]
+    padded = tensor.new_zeros((max(sizes),) + tuple(tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    gathered = [torch.zeros_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[:n] for g, n in zip(gathered, sizes)])
+
+
+def cleanup_distributed():
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: written to a temporary file in the same folder, then renamed, so a crash at any
+# moment leaves either the old checkpoint or the new one, never a truncated file.
+# ----------------------------------------------------------------------------------------------
+
+def save_checkpoint(obj, path):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path, map_location="cpu"):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # a foreign or damaged file: say which one
+        raise ValueError(f"could not read checkpoint {path}: {e}") from e
+
+
+def get_random_state():
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_random_state(state):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Logging and results
+# ----------------------------------------------------------------------------------------------
+
+class JsonlLogger:
+    """Appends one JSON object per line; only rank 0 writes."""
+
+    def __init__(self, path):
+        self.path = path
+        if is_main_process():
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def log(self, **record):
+        if not is_main_process():
+            return
+        record.setdefault("time", time.time())
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def save_args(args, output_dir, name="config.json"):
+    """The full configuration, beside the checkpoints, so a run can be read back and repeated."""
+    if is_main_process():
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, name), "w") as f:
+            json.dump(vars(args), f, indent=2, sort_keys=True, default=str)
+
+
+def write_result(results_dir, record):
+    """One JSON file per evaluation run; reproduce/collect.py reads the folder.
+
+    record: method, teacher, pretrain_data, pretrain_epochs, dataset, split, metric, value, config...
+    """
+    if not is_main_process():
+        return None
+    os.makedirs(results_dir, exist_ok=True)
+    stem = "_".join(str(record.get(k, "")) for k in ("run", "dataset", "split", "metric"))
+    stem = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem).strip("_") or "result"
+    path = os.path.join(results_dir, stem + ".json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+    return path
+
+
+def print_main(*args, **kwargs):
+    if is_main_process():
+        print(*args, **kwargs, flush=True)
+        sys.stdout.flush()
+
+
+# ----------------------------------------------------------------------------------------------
+# Learning-rate schedule, per iteration (MAE's util/lr_sched.py in spirit)
+# ----------------------------------------------------------------------------------------------
+
+def warmup_cosine_lr(step, total_steps, warmup_steps, base_lr, warmup_start_lr=0.0, final_lr=0.0):
+    """Linear warm-up from warmup_start_lr to base_lr over warmup_steps, then cosine to final_lr.
+
+    The paper: pretraining warms up 8 epochs then cosine; linear probe 0 -> 1.0 over 8 epochs;
+    SSv2 fine-tuning 0.08 -> 0.15 over 3 epochs. Steps are iterations, so the rate moves every step.
+    """
+    if step < warmup_steps:
+        return warmup_start_lr + (base_lr - warmup_start_lr) * step / max(1, warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(1.0, progress)
+    return float(final_lr + (base_lr - final_lr) * 0.5 * (1.0 + np.cos(np.pi * progress)))
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def gather_objects(obj):
+    """A list with every rank's picklable object (rank order); [obj] without torchrun."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def progress_bar(total, desc):
+    """tqdm with ETA on rank 0 only; other ranks print nothing."""
+    if not is_main_process():
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False, mininterval=1.0)

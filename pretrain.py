@@ -1,0 +1,355 @@
+"""Self-supervised pretraining of a video encoder with iBoot (or the rhoBYOL baseline).
+
+    python pretrain.py                                   # embedded default: synthetic videos, CPU, minutes
+    torchrun --nproc_per_node=8 pretrain.py --dataset kinetics --data_root /data/k400 \
+        --train_list /data/k400/train.csv --teacher clip_vit_b16 --output_dir runs/iboot_clip
+
+One script trains every pretraining row of the paper (Tables 1-9) from flags: --method, --teacher
+(or an ensemble "a+b"), --num_clips (the #views ablation), --no_temporal_pool, --extra_ssl,
+--arch, --init, --dataset. It runs on one CPU, on one GPU, or on many GPUs and nodes under torchrun
+(DDP, SyncBN, bf16 autocast). Started again with the same --output_dir it resumes from the latest
+checkpoint.
+
+Defaults are the paper's settings (Section 4.1): LARS, base lr 2.4 x global batch / 256, 8 warm-up
+epochs then cosine (per iteration), weight decay 1e-6, 100 epochs, 13 clips per GPU, T=8, tau=8,
+224 crops, three clips (v_ref, v1, v2), temporal pooling on. With --dataset synthetic (the default)
+the size flags you leave unset take the small values of EMBEDDED_DEFAULTS instead, so that the plain
+`python pretrain.py` finishes on a laptop CPU in minutes; the run prints which ones it used.
+"""
+import argparse
+import copy
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+import utils
+
+utils.register_torchvision_fallbacks()
+
+import augment  # noqa: E402
+import data  # noqa: E402
+import eval_knn  # noqa: E402
+import iboot  # noqa: E402
+import lars  # noqa: E402
+import models  # noqa: E402
+import teachers  # noqa: E402
+
+# Paper settings (Section 4.1) for the flags whose scale depends on the data set.
+PAPER_DEFAULTS = dict(arch="slow_r50", teacher="clip_vit_b16", epochs=100, batch_size_per_gpu=13,
+                      warmup_epochs=8, crop_size=224, num_frames=8, stride=8, num_workers=8)
+# The embedded default: small enough for a 2-core CPU in under ten minutes, k-NN after training.
+EMBEDDED_DEFAULTS = dict(arch="slow_tiny", teacher="efficientnet_lite0", epochs=6, batch_size_per_gpu=8,
+                         warmup_epochs=1, crop_size=64, num_frames=4, stride=8, num_workers=1)
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("iboot pretraining", add_help=True,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("method")
+    g.add_argument("--method", default="iboot", choices=["iboot", "rhobyol"],
+                   help="iboot: frozen image teacher as target (the paper); rhobyol: EMA video target (baseline)")
+    g.add_argument("--teacher", default=None,
+                   help="teacher name, or several joined by '+' for an ensemble (Table 2). Known: "
+                        + ", ".join(teachers.TEACHERS) + ", open_clip:MODEL:TAG, timm:MODEL. "
+                        f"Paper default {PAPER_DEFAULTS['teacher']}; synthetic default {EMBEDDED_DEFAULTS['teacher']}")
+    g.add_argument("--teacher_weights", default=None,
+                   help="local weights file for the teacher (needed offline); for an ensemble, "
+                        "one path per teacher joined by '+'")
+    g.add_argument("--num_clips", type=int, default=None,
+                   help="clips sampled per video. iboot: 3 = v_ref,v1,v2 (paper), 2 = v_ref,v1, "
+                        "1 = v1=v_ref (Table 5). rhobyol: rho (default 2)")
+    g.add_argument("--no_temporal_pool", action="store_true",
+                   help="frame-wise loss instead of pooling the T features first (Table 4)")
+    g.add_argument("--extra_ssl", action="store_true",
+                   help="add the momentum-encoder SSL loss to iBoot (Table 3)")
+    g.add_argument("--momentum", type=float, default=0.996,
+                   help="EMA momentum, cosine-annealed to 1 (rhobyol and --extra_ssl)")
+
+    g = p.add_argument_group("online network")
+    g.add_argument("--arch", default=None, choices=list(models.ENCODERS),
+                   help=f"online video encoder (paper {PAPER_DEFAULTS['arch']}; Table 7: slow_r101)")
+    g.add_argument("--init", default="scratch",
+                   help="'scratch', or a file to start from: a torchvision-layout 2D ResNet state dict "
+                        "(inflated, Table 9), a PySlowFast checkpoint or an iboot checkpoint")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="synthetic", choices=data.DATASETS,
+                   help="synthetic (embedded default), kinetics (K400/K600 lists), ucf101, hmdb51, ssv2, folder, csv")
+    g.add_argument("--data_root", default="cache/synthetic", help="folder of the videos (and split files)")
+    g.add_argument("--train_list", default=None,
+                   help="list file for kinetics/csv (PySlowFast 'path label' lines, or a CSV path,label)")
+    g.add_argument("--split", default=1, type=int, help="official split for ucf101/hmdb51")
+    g.add_argument("--skip_missing", action="store_true",
+                   help="drop listed videos that do not exist instead of stopping at start-up")
+    g.add_argument("--num_frames", type=int, default=None, help="T frames per clip (paper 8)")
+    g.add_argument("--stride", type=int, default=None, help="tau, frame stride at 30 fps (paper 8)")
+    g.add_argument("--crop_size", type=int, default=None, help="training crop (paper 224)")
+    g.add_argument("--num_workers", type=int, default=None, help="data loading processes per GPU")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=None, help="paper: 100 (ablations), 200 (Tables 6, 9, 10)")
+    g.add_argument("--batch_size_per_gpu", type=int, default=None, help="clips per GPU (paper 13)")
+    g.add_argument("--base_lr", type=float, default=2.4, help="lr = base_lr x global batch / 256 (paper 2.4)")
+    g.add_argument("--warmup_epochs", type=float, default=None, help="linear warm-up (paper 8)")
+    g.add_argument("--weight_decay", type=float, default=1e-6, help="paper 1e-6")
+    g.add_argument("--optimizer", default="lars", choices=["lars", "sgd"], help="paper: LARS")
+    g.add_argument("--clip_grad", type=float, default=0.0, help="max gradient norm (0: off, as the paper)")
+
+    g = p.add_argument_group("system")
+    g.add_argument("--output_dir", default="output/pretrain", help="checkpoints, logs and config go here")
+    g.add_argument("--saveckp_freq", type=int, default=20, help="also keep checkpoint_XXXX.pth every N epochs")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
+                   help="autocast precision on CUDA (CPU always runs fp32)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--log_every", type=int, default=10, help="iterations between JSON-lines records")
+    g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars")
+    g.add_argument("--max_iters_per_epoch", type=int, default=0,
+                   help="cut epochs short (smoke tests); 0 = full epochs")
+    g.add_argument("--knn_eval", default="auto", choices=["auto", "yes", "no"],
+                   help="after training, k-NN top-1 of the trained and of the random-init encoder "
+                        "on the validation split (auto: yes for synthetic)")
+    return p
+
+
+def fill_defaults(args):
+    """Unset size flags take the paper's values, or the embedded ones on synthetic data."""
+    table = EMBEDDED_DEFAULTS if args.dataset == "synthetic" else PAPER_DEFAULTS
+    used = {}
+    for key, value in table.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+            used[key] = value
+    if args.num_clips is None:
+        args.num_clips = 3 if args.method == "iboot" else 2
+    if args.method == "iboot" and args.num_clips not in (1, 2, 3):
+        raise ValueError(f"--num_clips must be 1, 2 or 3 for iboot, got {args.num_clips}")
+    if args.method == "rhobyol" and args.num_clips < 2:
+        raise ValueError(f"--num_clips (rho) must be at least 2 for rhobyol, got {args.num_clips}")
+    if args.knn_eval == "auto":
+        args.knn_eval = "yes" if args.dataset == "synthetic" else "no"
+    return used
+
+
+def build_train_set(args):
+    return data.build_dataset(args.dataset, root=args.data_root, split="train", list_file=args.train_list,
+                              official_split=args.split, skip_missing=args.skip_missing,
+                              num_clips=args.num_clips, num_frames=args.num_frames, stride=args.stride,
+                              crop_size=args.crop_size, mode="train", seed=args.seed)
+
+
+def build_objective(args):
+    encoder = models.build_encoder(args.arch)
+    if args.init != "scratch":
+        models.load_encoder_weights(encoder, args.init)
+    if args.method == "rhobyol":
+        return iboot.RhoBYOL(encoder, momentum=args.momentum)
+    teacher_list = teachers.build_teachers(args.teacher, weights=args.teacher_weights)
+    return iboot.IBoot(encoder, teacher_list, temporal_pool=not args.no_temporal_pool,
+                       extra_ssl=args.extra_ssl, momentum=args.momentum)
+
+
+def train_one_epoch(model, objective, loader, optimizer, scaler, gpu_augment, epoch, args, state, logger,
+                    tb_writer, device):
+    """One pass over the loader. Returns the epoch's statistics (averaged over ranks)."""
+    model.train()
+    iters = len(loader) if not args.max_iters_per_epoch else min(len(loader), args.max_iters_per_epoch)
+    total_steps = args.epochs * iters
+    warmup_steps = int(args.warmup_epochs * iters)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    use_autocast = device.type == "cuda" and autocast_dtype is not None
+    progress = utils.progress_bar(iters, f"epoch {epoch + 1}/{args.epochs}")
+    loss_sum, clips_seen, skipped, data_time, step_time = 0.0, 0, 0, 0.0, 0.0
+    end = time.time()
+    for it, batch in enumerate(loader):
+        if it >= iters:
+            break
+        step = epoch * iters + it
+        lr = utils.warmup_cosine_lr(step, total_steps, warmup_steps, args.lr)
+        utils.set_lr(optimizer, lr)
+        objective.update_momentum(step / max(1, total_steps))
+        skipped += batch["skipped"]
+        clips = batch["clips"].to(device, non_blocking=True)  # uint8 (B, V, 3, T, S, S)
+        waited = time.time() - end
+        if clips.shape[0] == 0:  # every video of this batch was undecodable
+            end = time.time()
+            continue
+        B, V = clips.shape[:2]
+        # Colour jitter, grayscale and blur run here, batched on the training device (augment.py).
+        views = gpu_augment(clips.flatten(0, 1)).unflatten(0, (B, V))
+        views = [views[:, v] for v in range(V)]
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=use_autocast):
+            out = model(views)
+        loss = out["loss"]
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, iteration {it}; stopping")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if args.clip_grad:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(objective.parameters(), args.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        objective.after_step()  # EMA update of the momentum branch (no-op without one)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.time() - end
+        end = time.time()
+        state["step"] = step + 1
+        loss_sum += loss.item() * B
+        clips_seen += B
+        data_time += waited
+        step_time += elapsed
+        clips_per_s = B * V * utils.get_world_size() / max(elapsed, 1e-9)
+        progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}", clips_s=f"{clips_per_s:.1f}")
+        progress.update(1)
+        if it % args.log_every == 0 or it == iters - 1:
+            record = dict(epoch=epoch, iter=it, step=step, loss=loss.item(), lr=lr,
+                          clips_per_s=clips_per_s, data_wait_frac=waited / max(elapsed, 1e-9),
+                          skipped_videos=skipped,
+                          **{k: v.item() for k, v in out.items() if k != "loss" and torch.is_tensor(v)})
+            logger.log(**record)
+            if tb_writer is not None:
+                for k, v in record.items():
+                    if isinstance(v, float):
+                        tb_writer.add_scalar(f"train/{k}", v, step)
+    progress.close()
+    n = utils.all_reduce_sum(clips_seen, device)
+    stats = dict(epoch=epoch, loss=utils.all_reduce_sum(loss_sum, device) / max(1, n),
+                 skipped_videos=int(utils.all_reduce_sum(skipped, device)),
+                 data_wait_frac=data_time / max(step_time, 1e-9), lr=lr)
+    return stats
+
+
+def knn_report(encoder, initial_state, args, device):
+    """k-NN top-1 on the validation split: the trained encoder beside the same one at initialisation."""
+    train_set = data.build_dataset(args.dataset, root=args.data_root, split="train", mode="test",
+                                   test_clips=1, test_crops=1, num_frames=args.num_frames,
+                                   stride=args.stride, crop_size=args.crop_size, seed=args.seed)
+    val_set = data.build_dataset(args.dataset, root=args.data_root, split="val", mode="test",
+                                 test_clips=1, test_crops=1, num_frames=args.num_frames,
+                                 stride=args.stride, crop_size=args.crop_size, seed=args.seed)
+    results = {}
+    random_encoder = copy.deepcopy(encoder)
+    random_encoder.load_state_dict(initial_state)
+    for name, net in (("trained", encoder), ("random_init", random_encoder)):
+        results[name] = eval_knn.knn_top1_on_sets(net, train_set, val_set, device=device, k=20,
+                                                  batch_size=16, num_workers=args.num_workers)
+    return results
+
+
+def main(args):
+    used = fill_defaults(args)
+    rank, world, device = utils.init_distributed(args.device)
+    utils.seed_everything(args.seed + rank)
+    args.world_size = world
+    args.global_batch = args.batch_size_per_gpu * world
+    args.lr = args.base_lr * args.global_batch / 256
+    if used:
+        utils.print_main("defaults for --dataset %s: %s" % (
+            args.dataset, ", ".join(f"--{k} {v}" for k, v in used.items())))
+    utils.save_args(args, args.output_dir)
+    logger = utils.JsonlLogger(os.path.join(args.output_dir, "log.jsonl"))
+
+    if args.dataset == "synthetic" and utils.is_main_process():
+        data.make_synthetic_dataset(args.data_root, seed=args.seed)
+    utils.barrier()
+    train_set = build_train_set(args)
+    sampler = torch.utils.data.DistributedSampler(train_set, shuffle=True, seed=args.seed) if world > 1 \
+        else None
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=args.batch_size_per_gpu, shuffle=sampler is None, sampler=sampler,
+        num_workers=args.num_workers, pin_memory=device.type == "cuda", drop_last=True,
+        collate_fn=data.collate_skip_bad, persistent_workers=False)
+    if len(loader) == 0:
+        raise ValueError(f"the training set has {len(train_set)} videos, fewer than one batch of "
+                         f"--batch_size_per_gpu {args.batch_size_per_gpu} x {world} processes")
+
+    torch.manual_seed(args.seed)  # same initial weights on every rank
+    objective = build_objective(args).to(device)
+    initial_encoder_state = copy.deepcopy(objective.encoder.state_dict())
+    if device.type == "cuda":
+        if world > 1:  # SyncBN across GPUs (paper); teachers stay frozen in eval mode
+            objective.convert_sync_batchnorm()
+        objective.encoder.to(memory_format=torch.channels_last_3d)
+    gpu_augment = augment.GpuAugment().to(device)
+    model = objective
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None)
+
+    params = objective.trainable_parameters()
+    if args.optimizer == "lars":
+        optimizer = lars.LARS(lars.lars_param_groups(objective, args.weight_decay), lr=args.lr,
+                              weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and args.precision == "fp16")
+
+    state = {"epoch": 0, "step": 0}
+    ckpt_path = os.path.join(args.output_dir, "checkpoint.pth")
+    if os.path.isfile(ckpt_path):
+        ckpt = utils.load_checkpoint(ckpt_path)
+        objective.load_checkpoint_state(ckpt)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        state.update(epoch=ckpt["epoch"], step=ckpt["step"])
+        initial_encoder_state = ckpt.get("initial_encoder", initial_encoder_state)
+        utils.set_random_state(ckpt["random_state"][rank] if rank < len(ckpt["random_state"])
+                               else ckpt["random_state"][0])
+        utils.print_main(f"resumed from {ckpt_path}: epoch {state['epoch']}, step {state['step']}")
+
+    tb_writer = None
+    if args.tensorboard and utils.is_main_process():
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
+        tb_writer = SummaryWriter(os.path.join(args.output_dir, "tensorboard"))
+
+    utils.print_main(f"{args.method} | encoder {args.arch} | teacher {args.teacher if args.method == 'iboot' else '-'}"
+                     f" | {len(train_set)} videos | {world} process(es) on {device} | global batch "
+                     f"{args.global_batch} | lr {args.lr:.4g} | epochs {args.epochs}")
+    for epoch in range(state["epoch"], args.epochs):
+        # Everything random in an epoch derives from (seed, epoch): data order, worker seeds and the
+        # device-side augmentation. A run resumed from an epoch checkpoint therefore replays exactly
+        # what the interrupted run would have done.
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        torch.manual_seed(args.seed * 1000 + epoch)
+        gpu_augment.reseed(args.seed * 1000 + epoch + rank * 7919)
+        stats = train_one_epoch(model, objective, loader, optimizer, scaler, gpu_augment, epoch, args,
+                                state, logger, tb_writer, device)
+        utils.print_main(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f}, "
+                         f"skipped videos {stats['skipped_videos']}, data wait {100 * stats['data_wait_frac']:.0f}%")
+        logger.log(kind="epoch", **stats)
+        random_states = utils.gather_objects(utils.get_random_state())
+        if utils.is_main_process():
+            ckpt = dict(objective.checkpoint_state(), encoder_name=args.arch, optimizer=optimizer.state_dict(),
+                        scaler=scaler.state_dict(), epoch=epoch + 1, step=state["step"], args=vars(args),
+                        random_state=random_states, initial_encoder=initial_encoder_state)
+            utils.save_checkpoint(ckpt, ckpt_path)
+            if args.saveckp_freq and (epoch + 1) % args.saveckp_freq == 0:
+                utils.save_checkpoint(ckpt, os.path.join(args.output_dir, f"checkpoint_{epoch + 1:04d}.pth"))
+        utils.barrier()
+
+    if args.knn_eval == "yes" and utils.is_main_process():
+        res = knn_report(objective.encoder, initial_encoder_state, args, device)
+        logger.log(kind="knn", **res)
+        print(f"k-NN top-1 (k=20) on {args.dataset} val: trained {res['trained']:.1f}% | "
+              f"random init {res['random_init']:.1f}%", flush=True)
+    if tb_writer is not None:
+        tb_writer.close()
+    utils.cleanup_distributed()
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
