@@ -345,6 +345,7 @@ def main(args):
     if tb_writer is not None:
         tb_writer.close()
     utils.cleanup_distributed()
+    return objective
 
 
 if __name__ == "__main__":

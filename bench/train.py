@@ -1,0 +1,124 @@
+"""Training throughput of iBoot: slow_r50 online network, ViT-B/16 (CLIP) teacher, 8x224x224 clips.
+
+    python bench/train.py                      # CPU, small batch
+    python bench/train.py --device cuda --batch_sizes 13 26 52 --precision bf16
+
+For each batch size: clips/s (online clips per second: 2 per video, as in the paper's 3-view
+setting), peak memory, where the time of a step goes (teacher forward, online forward + backward,
+optimiser step) and, on a GPU, the achieved fraction of the bf16 peak. FLOPs per video are counted
+as 3 x online forward (forward + backward ~ 3 forwards) for each of the two online clips plus one
+teacher forward over the 8 frames of v_ref; one multiply-add = 2 FLOPs. Inputs are random tensors
+so the figure isolates the model; bench/data.py measures the data pipeline. The last line is the
+summary.
+"""
+import argparse
+import os
+import resource
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import utils  # noqa: E402
+
+utils.register_torchvision_fallbacks()
+import iboot  # noqa: E402
+import lars  # noqa: E402
+import models  # noqa: E402
+import teachers  # noqa: E402
+
+# Dense bf16 tensor-core peaks (datasheet, FLOP/s) for the fraction-of-peak figure.
+BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "V100": 125e12, "L40S": 362e12}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_bf16(device):
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in BF16_PEAK.items():
+        if key in name:
+            return value
+    return None
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--arch", default="slow_r50")
+    p.add_argument("--teacher", default="clip_vit_b16")
+    p.add_argument("--batch_sizes", type=int, nargs="+", default=[2])
+    p.add_argument("--num_frames", type=int, default=8)
+    p.add_argument("--crop_size", type=int, default=224)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per batch size (after 1 warm-up)")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    args = p.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    encoder = models.build_encoder(args.arch)
+    teacher = teachers.build_teacher(args.teacher, weights="random")
+    objective = iboot.IBoot(encoder, [teacher]).to(device)
+    if device.type == "cuda":
+        objective.encoder.to(memory_format=torch.channels_last_3d)
+    optimizer = lars.LARS(lars.lars_param_groups(objective, 1e-6), lr=0.1, weight_decay=1e-6)
+    T, S = args.num_frames, args.crop_size
+    online_macs = models.count_flops(models.build_encoder(args.arch), (1, 3, T, S, S))
+    teacher_macs = models.count_flops(teacher.model, (T, 3, teacher.image_size, teacher.image_size)) \
+        if hasattr(teacher, "model") else float("nan")
+    flops_per_video = 2 * (3 * 2 * online_macs + teacher_macs)
+    use_autocast = device.type == "cuda" and args.precision == "bf16"
+    peak = peak_bf16(device)
+    print(f"device {device} | {args.arch} ({online_macs / 1e9:.1f} GMACs per clip) | teacher {args.teacher} "
+          f"({teacher_macs / 1e9:.1f} GMACs per {T} frames) | {flops_per_video / 1e12:.3f} TFLOP per video")
+    print(f"{'batch':>6} {'clips/s':>8} {'peak mem GiB':>12} {'teacher %':>9} {'online f+b %':>12} "
+          f"{'optim %':>7} {'% bf16 peak':>11}")
+    summary = []
+    for B in args.batch_sizes:
+        clips = [torch.rand(B, 3, T, S, S, device=device) for _ in range(3)]
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = {"teacher": 0.0, "online": 0.0, "optim": 0.0, "total": 0.0}
+        for step in range(args.steps + 1):
+            sync(device)
+            t0 = time.time()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+                objective.teacher_features(clips[0])  # the teacher alone, to split the step time
+            sync(device)
+            t1 = time.time()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+                loss = objective(clips)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            sync(device)
+            t2 = time.time()
+            optimizer.step()
+            sync(device)
+            t3 = time.time()
+            if step > 0:  # the first step warms up allocators and kernels
+                teacher_time = t1 - t0
+                times["teacher"] += teacher_time
+                times["online"] += (t2 - t1) - teacher_time  # the full step ran the teacher once too
+                times["optim"] += t3 - t2
+                times["total"] += t3 - t1
+        step_time = times["total"] / args.steps
+        clips_per_s = 2 * B / step_time
+        mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 30
+        frac = (B * flops_per_video / step_time / peak) if peak else None
+        shares = {k: 100 * times[k] / times["total"] for k in ("teacher", "online", "optim")}
+        print(f"{B:>6} {clips_per_s:>8.2f} {mem:>12.2f} {shares['teacher']:>9.0f} {shares['online']:>12.0f} "
+              f"{shares['optim']:>7.0f} {'' if frac is None else f'{100 * frac:.1f}':>11}")
+        summary.append(f"B={B}: {clips_per_s:.2f} clips/s, {mem:.1f} GiB, teacher {shares['teacher']:.0f}% "
+                       f"online {shares['online']:.0f}% optim {shares['optim']:.0f}%"
+                       + ("" if frac is None else f", {100 * frac:.1f}% of bf16 peak"))
+    print("summary: " + " | ".join(summary))
+
+
+if __name__ == "__main__":
+    main()

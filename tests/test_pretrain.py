@@ -1,0 +1,154 @@
+"""pretrain.py: every pretraining variant of Tables 1-9 trains a few steps; resume after SIGKILL; DDP.
+
+All runs use tiny synthetic clips and random-init teachers (offline).
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import utils
+
+utils.register_torchvision_fallbacks()
+import data  # noqa: E402
+import pretrain  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--arch", "slow_tiny", "--crop_size", "32", "--num_frames", "2", "--stride", "4",
+        "--batch_size_per_gpu", "2", "--num_workers", "0", "--epochs", "1", "--max_iters_per_epoch", "2",
+        "--warmup_epochs", "0", "--knn_eval", "no", "--log_every", "1"]
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    data.make_synthetic_dataset(root, seed=0)
+    return root
+
+
+def run_main(argv):
+    args = pretrain.get_args_parser().parse_args(argv)
+    return pretrain.main(args)
+
+
+def read_log(output_dir):
+    import json
+    with open(os.path.join(output_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+# One row per pretraining variant of the paper's Tables 1-9 (Table 6 varies batch and epochs only).
+VARIANTS = {
+    "t1_rhobyol": ["--method", "rhobyol"],
+    "t1_swav": ["--teacher", "swav_r50w2"],
+    "t1_dino": ["--teacher", "dino_vit_b16"],
+    "t1_clip": ["--teacher", "clip_vit_b16"],
+    "t1_deit": ["--teacher", "deit_b16"],
+    "t2_dino_clip": ["--teacher", "dino_vit_b16+clip_vit_b16"],
+    "t3_clip_ssl": ["--teacher", "clip_vit_b16", "--extra_ssl"],
+    "t4_framewise": ["--teacher", "efficientnet_lite0", "--no_temporal_pool"],
+    "t5_one_clip": ["--num_clips", "1"],
+    "t5_two_clips": ["--num_clips", "2"],
+    "t6_batch_epochs": ["--batch_size_per_gpu", "3", "--epochs", "2"],
+    "t7_r101": ["--arch", "slow_r101"],
+    "t9_rhobyol_rho3": ["--method", "rhobyol", "--num_clips", "3"],
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_variant_trains_a_few_steps(name, synthetic_root, tmp_path):
+    out = str(tmp_path / name)
+    weights = ["--teacher_weights", "random"] if "--method" not in VARIANTS[name] else []
+    if "+" in " ".join(VARIANTS[name]):
+        weights = ["--teacher_weights", "random+random"]
+    run_main(TINY + ["--data_root", synthetic_root, "--output_dir", out] + weights + VARIANTS[name])
+    log = read_log(out)
+    steps = [r for r in log if "loss" in r and r.get("kind") != "epoch"]
+    assert len(steps) >= 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
+    ckpt = torch.load(os.path.join(out, "checkpoint.pth"), weights_only=False)
+    assert ckpt["epoch"] == ckpt["args"]["epochs"] and "encoder" in ckpt and "optimizer" in ckpt
+
+
+def test_kinetics_list_and_inflated_init(synthetic_root, tmp_path):
+    """Table 8 (a Kinetics-format list, as K400/K600 are given) and Table 9 (inflated 2D init)."""
+    import torchvision
+    videos = data.read_csv_list(os.path.join(synthetic_root, "train.csv"), root=synthetic_root)
+    k_list = tmp_path / "k600_train.csv"
+    k_list.write_text("".join(f"{os.path.relpath(p, synthetic_root)} {y}\n" for p, y in videos))
+    r50 = tmp_path / "resnet50_2d.pth"
+    torch.save(torchvision.models.resnet50().state_dict(), r50)
+    out = str(tmp_path / "k600_inflated")
+    run_main(TINY + ["--arch", "slow_r50", "--dataset", "kinetics", "--data_root", synthetic_root,
+                     "--train_list", str(k_list), "--method", "rhobyol", "--init", str(r50),
+                     "--output_dir", out])
+    assert os.path.isfile(os.path.join(out, "checkpoint.pth"))
+
+
+def test_bad_flags_give_clear_errors(synthetic_root, tmp_path):
+    with pytest.raises(ValueError, match="--num_clips"):
+        run_main(TINY + ["--data_root", synthetic_root, "--num_clips", "4", "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="batch"):
+        run_main(TINY + ["--data_root", synthetic_root, "--batch_size_per_gpu", "100000",
+                         "--teacher_weights", "random", "--output_dir", str(tmp_path / "b")])
+
+
+def _final_encoder(output_dir):
+    return torch.load(os.path.join(output_dir, "checkpoint.pth"), weights_only=False)["encoder"]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(synthetic_root, tmp_path):
+    argv = [sys.executable, "pretrain.py"] + TINY + [
+        "--data_root", synthetic_root, "--teacher_weights", "random", "--epochs", "3",
+        "--max_iters_per_epoch", "6", "--num_workers", "1", "--extra_ssl"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    reference = str(tmp_path / "uninterrupted")
+    subprocess.run(argv + ["--output_dir", reference], cwd=ROOT, env=env, check=True, capture_output=True)
+
+    resumed = str(tmp_path / "killed")
+    proc = subprocess.Popen(argv + ["--output_dir", resumed], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_path = os.path.join(resumed, "log.jsonl")
+    deadline = time.time() + 300
+    killed_mid_epoch = False
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isfile(log_path):
+            records = read_log(resumed)
+            # Past the first epoch's checkpoint and into the second epoch: kill it there.
+            if any(r.get("epoch") == 1 and r.get("iter", -1) >= 2 and r.get("kind") != "epoch" for r in records):
+                proc.send_signal(signal.SIGKILL)
+                killed_mid_epoch = True
+                break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed_mid_epoch, "the run finished before it could be killed mid-epoch"
+    assert torch.load(os.path.join(resumed, "checkpoint.pth"), weights_only=False)["epoch"] == 1
+
+    out = subprocess.run(argv + ["--output_dir", resumed], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resumed from" in out.stdout
+    a, b = _final_encoder(reference), _final_encoder(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs between the resumed and the uninterrupted run"
+
+
+def test_two_cpu_ranks_hold_identical_weights(synthetic_root, tmp_path):
+    out = str(tmp_path / "ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "tests/ddp_pretrain_worker.py"] + TINY + [
+        "--data_root", synthetic_root, "--teacher_weights", "random", "--max_iters_per_epoch", "3",
+        "--output_dir", out]
+    res = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    w0 = torch.load(os.path.join(out, "rank0_weights.pth"))
+    w1 = torch.load(os.path.join(out, "rank1_weights.pth"))
+    initial = torch.load(os.path.join(out, "checkpoint.pth"), weights_only=False)["initial_encoder"]
+    assert any(not torch.equal(w0["encoder." + k], v) for k, v in initial.items() if "encoder." + k in w0), \
+        "weights did not move"
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), f"rank 0 and rank 1 differ in {k}"
