@@ -1,0 +1,122 @@
+"""Semi-supervised classification on Kinetics-400 with 1% or 10% of the labels (Section 4.2, Table 11).
+
+    python semisup.py --pretrained output/pretrain/checkpoint.pth --dataset synthetic --fraction 50
+    torchrun --nproc_per_node=8 semisup.py --pretrained runs/iboot/checkpoint.pth \
+        --dataset kinetics --data_root /data/k400 --fraction 1
+
+Following CVRL [48], --fraction percent of the training videos of EACH class are drawn (at least one
+per class) with --subset_seed; the drawn list is written to --subset_dir and read back by later runs,
+so every method is fine-tuned on the same videos and a run can be repeated.
+
+Training: "the settings are similar to the linear evaluation, except that the initial learning rate
+is 0.01". We read this as fine-tuning the whole network (a semi-supervised protocol trains the
+backbone, as CVRL and rhoBYOL do) with the linear-evaluation schedule: SGD (momentum 0.9), lr from 0
+up to 0.01 over 8 warm-up epochs then cosine, batch 64, 100 epochs; dropout 0.5 before the linear
+head as in PySlowFast. Tested on the whole K400 validation set, 10 clips x 3 crops.
+"""
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+import utils
+
+utils.register_torchvision_fallbacks()
+
+import eval_linear  # noqa: E402
+import finetune  # noqa: E402
+
+PAPER_DEFAULTS = dict(eval_linear.PAPER_DEFAULTS, lr=0.01)
+SYNTHETIC_DEFAULTS = dict(eval_linear.SYNTHETIC_DEFAULTS, lr=0.01)
+
+
+def sample_label_subset(labels, percent, seed):
+    """Sorted indices of `percent`% of the items of each class (rounded, at least one per class)."""
+    if not 0 < percent <= 100:
+        raise ValueError(f"--fraction must be a percentage in (0, 100], got {percent}")
+    by_class = defaultdict(list)
+    for index, label in enumerate(labels):
+        by_class[int(label)].append(index)
+    rng = np.random.RandomState(seed)
+    chosen = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        n = max(1, int(round(len(members) * percent / 100.0)))
+        chosen.extend(int(i) for i in rng.choice(members, size=n, replace=False))
+    return sorted(chosen)
+
+
+def load_or_draw_subset(path, labels, percent, seed, video_names=None):
+    """The subset written at `path`, or a new one drawn and written there (atomically).
+
+    A file drawn for another training set (different size), fraction or seed is refused, since
+    reusing it silently would change the experiment."""
+    if os.path.isfile(path):
+        with open(path) as f:
+            saved = json.load(f)
+        expected = dict(fraction=percent, seed=seed, num_train_videos=len(labels))
+        for key, value in expected.items():
+            if saved.get(key) != value:
+                raise ValueError(f"subset file {path} has {key}={saved.get(key)}, this run needs {value}; "
+                                 f"use another --subset_dir or delete the file")
+        return saved["indices"]
+    indices = sample_label_subset(labels, percent, seed)
+    record = dict(fraction=percent, seed=seed, num_train_videos=len(labels), num_selected=len(indices),
+                  indices=indices)
+    if video_names is not None:
+        record["videos"] = [video_names[i] for i in indices]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f)
+    os.replace(path + ".tmp", path)
+    return indices
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("iboot semi-supervised K400 (1% / 10% labels)", add_help=True,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    eval_linear.add_common_args(p, PAPER_DEFAULTS)
+    p.add_argument("--fraction", type=float, default=1.0, help="percent of the training videos per class (1 or 10)")
+    p.add_argument("--subset_seed", type=int, default=0, help="seed of the drawn subset")
+    p.add_argument("--subset_dir", default="splits", help="where the drawn subsets are written and read back")
+    p.add_argument("--dropout", type=float, default=0.5, help="dropout before the linear head (PySlowFast 0.5)")
+    p.add_argument("--no_flip", action="store_true", help="no random horizontal flip in training")
+    return p
+
+
+def subset_path(args):
+    root = os.path.basename(os.path.normpath(args.data_root)) or "data"
+    return os.path.join(args.subset_dir, f"{args.dataset}_{root}_{args.fraction:g}pct_seed{args.subset_seed}.json")
+
+
+def main(args):
+    device = eval_linear.prepare_run(args, PAPER_DEFAULTS, SYNTHETIC_DEFAULTS)
+    full_train = eval_linear.build_split(args, "train", "train")
+    path = subset_path(args)
+    if utils.is_main_process():
+        load_or_draw_subset(path, eval_linear.labels_of(full_train), args.fraction, args.subset_seed,
+                            eval_linear.video_names_of(full_train))
+    utils.barrier()
+    indices = load_or_draw_subset(path, eval_linear.labels_of(full_train), args.fraction, args.subset_seed)
+    utils.print_main(f"semi-supervised: {len(indices)} of {len(full_train)} training videos "
+                     f"({args.fraction:g}% per class, seed {args.subset_seed}) listed in {path}")
+    metrics = finetune.finetune_once(args, device, 1, args.output_dir, train_subset=indices)
+    utils.print_main(f"semi-supervised {args.fraction:g}% on {args.dataset} val ({args.test_clips}x"
+                     f"{args.test_crops} views, {metrics['num_videos']} videos): top-1 {metrics['top1']:.2f}% | "
+                     f"top-5 {metrics['top5']:.2f}%")
+    record = eval_linear.write_eval_record(args, "semisup", "val", metrics["top1"], top5=metrics["top5"],
+                                           label_fraction=args.fraction, num_labelled=len(indices),
+                                           subset_file=path, num_videos=metrics["num_videos"])
+    utils.cleanup_distributed()
+    return record
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

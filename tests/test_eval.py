@@ -1,0 +1,384 @@
+"""Evaluation protocols (Section 4.2): k-NN voting, multi-view testing, linear probe, subset sampling,
+distributed feature extraction, and each script end to end on the synthetic set."""
+import argparse
+import json
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+
+import utils
+
+utils.register_torchvision_fallbacks()
+import augment  # noqa: E402
+import data  # noqa: E402
+import eval_knn  # noqa: E402
+import eval_linear  # noqa: E402
+import finetune  # noqa: E402
+import models  # noqa: E402
+import semisup  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------
+# k-NN voting
+# ----------------------------------------------------------------------------------------------
+
+def brute_force_knn_scores(train_f, train_y, test_f, k, num_classes, temperature=0.07):
+    """Reference: for each test sample, sort all training samples by cosine similarity (Python)."""
+    scores = torch.zeros(len(test_f), num_classes, dtype=torch.float64)
+    for i, q in enumerate(test_f.tolist()):
+        sims = []
+        for j, t in enumerate(train_f.tolist()):
+            dot = sum(a * b for a, b in zip(q, t))
+            norm = math.sqrt(sum(a * a for a in q)) * math.sqrt(sum(b * b for b in t))
+            sims.append((dot / norm, int(train_y[j])))
+        sims.sort(key=lambda s: -s[0])
+        for sim, label in sims[:k]:
+            scores[i, label] += math.exp(sim / temperature)
+    return scores
+
+
+@pytest.mark.parametrize("k", [1, 5, 20, 100])
+@pytest.mark.parametrize("chunk_size", [1, 4, None])
+def test_knn_equals_brute_force(k, chunk_size):
+    g = torch.Generator().manual_seed(k)
+    train_f = F.normalize(torch.randn(40, 8, generator=g), dim=1)
+    train_y = torch.randint(0, 6, (40,), generator=g)
+    test_f = F.normalize(torch.randn(13, 8, generator=g), dim=1)
+    test_y = torch.randint(0, 6, (13,), generator=g)
+    scores = eval_knn.knn_scores(train_f, train_y, test_f, k, 6, chunk_size=chunk_size)
+    ref = brute_force_knn_scores(train_f, train_y, test_f, k, 6)
+    assert torch.allclose(scores.double(), ref, rtol=1e-4)
+    top1, top5 = eval_knn.knn_accuracy(train_f, train_y, test_f, test_y, k, 6, chunk_size=chunk_size)
+    ref_top5 = ref.topk(5, dim=1).indices
+    assert top1 == pytest.approx(100.0 * (ref.argmax(1) == test_y).float().mean().item())
+    assert top5 == pytest.approx(100.0 * (ref_top5 == test_y[:, None]).any(1).float().mean().item())
+
+
+def test_knn_votes_are_weighted_by_similarity():
+    # Two neighbours of class 1 at cos 0.5 outvoted by one of class 0 at cos 0.9:
+    # exp(0.9/0.07) = 3.9e5 > 2 exp(0.5/0.07) = 2.5e3. A plain majority vote would say class 1.
+    q = torch.tensor([[1.0, 0.0]])
+    train = torch.tensor([[0.9, math.sqrt(1 - 0.81)], [0.5, math.sqrt(0.75)], [0.5, -math.sqrt(0.75)],
+                          [-1.0, 0.0]])
+    labels = torch.tensor([0, 1, 1, 1])
+    scores = eval_knn.knn_scores(train, labels, q, k=3, num_classes=2)
+    assert scores[0, 0].item() == pytest.approx(math.exp(0.9 / 0.07), rel=1e-4)
+    assert scores[0, 1].item() == pytest.approx(2 * math.exp(0.5 / 0.07), rel=1e-4)
+    assert scores.argmax(1).item() == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-view testing
+# ----------------------------------------------------------------------------------------------
+
+def test_aggregate_views_averages_softmax():
+    # One confident view for class 0 against two moderate ones for class 1: the mean of the softmaxes
+    # picks class 1, the mean of the logits would pick class 0.
+    logits = torch.tensor([[[10.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 2.0, 0.0]]])
+    probs = eval_linear.aggregate_views(logits)
+    e = math.exp
+    soft_a = [e(10) / (e(10) + 2), 1 / (e(10) + 2), 1 / (e(10) + 2)]
+    soft_b = [1 / (e(2) + 2), e(2) / (e(2) + 2), 1 / (e(2) + 2)]
+    expected = [(soft_a[c] + 2 * soft_b[c]) / 3 for c in range(3)]
+    assert probs[0].tolist() == pytest.approx(expected, rel=1e-5)
+    assert probs.argmax(1).item() == 1 and logits.mean(1).argmax(1).item() == 0
+
+
+class ViewCodeDataset(torch.utils.data.Dataset):
+    """Video i has V views; every pixel of view v holds the code 10 * i + v (uint8)."""
+
+    def __init__(self, num_videos, views, labels):
+        self.num_videos, self.views, self.labels = num_videos, views, labels
+
+    def __len__(self):
+        return self.num_videos
+
+    def __getitem__(self, i):
+        clips = torch.stack([torch.full((3, 1, 2, 2), 10 * i + v, dtype=torch.uint8) for v in range(self.views)])
+        return {"clips": clips, "label": self.labels[i], "index": i}
+
+
+class CodeLookup(nn.Module):
+    """Reads the view code back from the normalised input and returns that view's logits."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table  # {code: logits}
+
+    def forward(self, x):
+        pixel = x[:, 0, 0, 0, 0] * augment.STUDENT_STD[0] + augment.STUDENT_MEAN[0]
+        codes = (pixel * 255).round().long().tolist()
+        return torch.stack([self.table[c] for c in codes])
+
+
+def test_multiview_test_aggregates_the_views_of_each_video():
+    # Per video: view 0 strongly for a wrong class, views 1 and 2 moderately for the label (so the
+    # label wins only when exactly this video's three views are softmax-averaged).
+    num_videos, views, labels = 5, 3, [1, 0, 2, 1, 0]
+    table = {}
+    for i, y in enumerate(labels):
+        wrong = (y + 1) % 3
+        table[10 * i] = torch.zeros(3).index_fill_(0, torch.tensor([wrong]), 10.0)
+        for v in (1, 2):
+            table[10 * i + v] = torch.zeros(3).index_fill_(0, torch.tensor([y]), 2.0)
+    model = CodeLookup(table)
+    metrics = eval_linear.evaluate_multiview(model, ViewCodeDataset(num_videos, views, labels),
+                                             torch.device("cpu"), videos_per_step=2, num_workers=0)
+    assert metrics["top1"] == 100.0 and metrics["num_videos"] == num_videos
+    # Only view 0 of each video: every answer wrong.
+    metrics = eval_linear.evaluate_multiview(model, ViewCodeDataset(num_videos, 1, labels),
+                                             torch.device("cpu"), videos_per_step=2, num_workers=0)
+    assert metrics["top1"] == 0.0 and metrics["top5"] == 100.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear probe
+# ----------------------------------------------------------------------------------------------
+
+class SeparableClips(torch.utils.data.Dataset):
+    """Class c: channel c bright (200-255), the others dark (0-100): linearly separable channel means."""
+
+    def __init__(self, n, num_classes, views, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(0, num_classes, (n,), generator=g).tolist()
+        self.clips = torch.randint(0, 100, (n, views, 3, 2, 4, 4), generator=g, dtype=torch.uint8)
+        for i, y in enumerate(self.labels):
+            self.clips[i, :, y] += 155
+        self.num_classes = num_classes
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"clips": self.clips[i], "label": self.labels[i], "index": i}
+
+
+class ChannelMeanEncoder(nn.Module):
+    """(N, 3, T, H, W) -> (N, 3, T): spatial means, through a batch norm (to see it stay frozen)."""
+
+    def __init__(self):
+        super().__init__()
+        self.feat_dim = 3
+        self.bn = nn.BatchNorm3d(3)
+
+    def forward(self, x):
+        return self.bn(x).mean(dim=(3, 4))
+
+
+def probe_args(tmp_path, **kw):
+    args = dict(epochs=10, batch_size=16, lr=1.0, warmup_epochs=1.0, warmup_start_lr=0.0, weight_decay=0.0,
+                num_workers=0, seed=0, max_iters_per_epoch=0, test_clips=1, test_crops=1,
+                output_dir=str(tmp_path / "probe"))
+    args.update(kw)
+    return argparse.Namespace(**args)
+
+
+def test_linear_probe_on_separable_features(tmp_path):
+    torch.manual_seed(0)
+    encoder = ChannelMeanEncoder()
+    bn_before = {k: v.clone() for k, v in encoder.bn.state_dict().items()}
+    model = eval_linear.VideoClassifier(encoder, 3, freeze_backbone=True)
+    metrics = eval_linear.train_classifier(model, SeparableClips(96, 3, 1, seed=0), SeparableClips(60, 3, 1, seed=1),
+                                           probe_args(tmp_path), torch.device("cpu"))
+    assert metrics["top1"] > 90.0
+    # Frozen backbone in eval mode: neither its weights nor its batch-norm statistics moved.
+    for k, v in encoder.bn.state_dict().items():
+        assert torch.equal(v, bn_before[k]), k
+    ckpt = torch.load(os.path.join(tmp_path, "probe", "checkpoint.pth"), weights_only=False)
+    assert ckpt["epoch"] == 10
+
+
+# ----------------------------------------------------------------------------------------------
+# Semi-supervised subsets
+# ----------------------------------------------------------------------------------------------
+
+def test_label_subset_per_class(tmp_path):
+    labels = [0] * 100 + [1] * 240 + [2] * 7
+    for percent, per_class in ((10, [10, 24, 1]), (1, [1, 2, 1])):
+        idx = semisup.sample_label_subset(labels, percent, seed=3)
+        assert len(set(idx)) == len(idx) == sum(per_class)
+        assert [sum(labels[i] == c for i in idx) for c in range(3)] == per_class
+        assert idx == semisup.sample_label_subset(labels, percent, seed=3)
+    assert semisup.sample_label_subset(labels, 10, seed=3) != semisup.sample_label_subset(labels, 10, seed=4)
+    path = str(tmp_path / "subset.json")
+    first = semisup.load_or_draw_subset(path, labels, 10, 3)
+    with open(path) as f:
+        assert json.load(f)["indices"] == first
+    # Read back, not drawn again, even with another seed's stream ahead of it.
+    torch.manual_seed(123)
+    assert semisup.load_or_draw_subset(path, labels, 10, 3) == first
+    with pytest.raises(ValueError, match="fraction"):
+        semisup.load_or_draw_subset(path, labels, 1, 3)
+    with pytest.raises(ValueError, match="fraction"):
+        semisup.sample_label_subset(labels, 0, seed=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed feature extraction: 2 CPU processes, 7 videos
+# ----------------------------------------------------------------------------------------------
+
+class IndexClips(torch.utils.data.Dataset):
+    def __len__(self):
+        return 7
+
+    def __getitem__(self, i):
+        return {"clips": torch.full((1, 3, 1, 2, 2), 20 * i, dtype=torch.uint8), "label": i % 3, "index": i}
+
+
+class MeanAndOne(nn.Module):
+    """Feature (mean pixel, 1): a different direction for every video index."""
+    feat_dim = 2
+
+    def forward(self, x):
+        m = x.mean(dim=(1, 3, 4))  # (N, T)
+        return torch.stack([m, torch.ones_like(m)], dim=1)
+
+
+def _extract_worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    f, y, idx = eval_knn.extract_features(MeanAndOne(), IndexClips(), torch.device("cpu"), batch_size=2,
+                                          num_workers=0)
+    torch.save(dict(f=f, y=y, idx=idx), os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_extraction_every_video_once(tmp_path):
+    mp.spawn(_extract_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ref_f, ref_y, ref_idx = eval_knn.extract_features(MeanAndOne(), IndexClips(), torch.device("cpu"), 3, 0)
+    assert ref_idx.tolist() == list(range(7))
+    for rank in range(2):
+        out = torch.load(os.path.join(tmp_path, f"rank{rank}.pt"))
+        assert out["idx"].tolist() == list(range(7))
+        assert out["y"].tolist() == [i % 3 for i in range(7)]
+        assert torch.allclose(out["f"], ref_f, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end on the synthetic set, from a pretrain.py-style checkpoint
+# ----------------------------------------------------------------------------------------------
+
+TINY = ["--dataset", "synthetic", "--crop_size", "32", "--num_frames", "2", "--stride", "4",
+        "--batch_size", "4", "--num_workers", "0", "--device", "cpu", "--test_clips", "1", "--test_crops", "1"]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    # A smaller set than the default (the scripts use whatever set the folder holds).
+    data.make_synthetic_dataset(str(root / "data"), seed=0, num_classes=3, videos_per_class=6,
+                                val_videos_per_class=3, num_frames=30)
+    torch.manual_seed(0)
+    ckpt = {"encoder": models.build_encoder("slow_tiny").state_dict(), "encoder_name": "slow_tiny",
+            "epoch": 3, "args": {"method": "iboot", "teacher": "efficientnet_lite0", "dataset": "synthetic",
+                                 "epochs": 3}}
+    torch.save(ckpt, str(root / "checkpoint.pth"))
+    return root
+
+
+def run(module, root, name, extra):
+    argv = ["--pretrained", str(root / "checkpoint.pth"), "--data_root", str(root / "data"),
+            "--results_dir", str(root / "results"), "--output_dir", str(root / name), "--run_name", name] + TINY
+    args = module.get_args_parser().parse_args(argv + extra)
+    record = module.main(args)
+    with open(os.path.join(root, "results", f"{name}_synthetic_{record['split']}_top1.json")) as f:
+        saved = json.load(f)
+    for key, value in dict(method="iboot", teacher="efficientnet_lite0", pretrain_data="synthetic",
+                           pretrain_epochs=3, dataset="synthetic", metric="top1").items():
+        assert saved[key] == value, key
+    assert 0.0 <= saved["value"] <= 100.0 and saved["config"]["arch"] == "slow_tiny"
+    return saved
+
+
+def test_knn_end_to_end(synthetic, capsys):
+    saved = run(eval_knn, synthetic, "knn", ["--nb_knn", "20"])
+    assert saved["protocol"] == "knn" and saved["k"] == 20 and saved["split"] == "val"
+    assert "20-NN on synthetic val: top-1" in capsys.readouterr().out
+
+
+def test_linear_end_to_end_and_resume(synthetic, capsys):
+    run(eval_linear, synthetic, "linear", ["--epochs", "1", "--max_iters_per_epoch", "2"])
+    saved = run(eval_linear, synthetic, "linear", ["--epochs", "2", "--max_iters_per_epoch", "2"])
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "epoch 2/2" in out and "epoch 1/2" not in out
+    assert saved["protocol"] == "linear"
+
+
+def test_finetune_end_to_end(synthetic):
+    saved = run(finetune, synthetic, "finetune", ["--epochs", "1", "--max_iters_per_epoch", "2"])
+    assert saved["protocol"] == "finetune" and saved["split"] == "1" and saved["config"]["dropout"] == 0.5
+
+
+def test_semisup_end_to_end(synthetic):
+    saved = run(semisup, synthetic, "semisup", ["--epochs", "1", "--max_iters_per_epoch", "2", "--fraction", "50",
+                                                "--subset_dir", str(synthetic / "splits")])
+    assert saved["protocol"] == "semisup" and saved["config"]["lr"] == 0.01
+    with open(saved["subset_file"]) as f:
+        assert len(json.load(f)["indices"]) == saved["num_labelled"]
+
+
+def test_bad_flags_give_clear_errors(synthetic):
+    with pytest.raises(FileNotFoundError, match="--pretrained"):
+        eval_knn.main(eval_knn.get_args_parser().parse_args(
+            ["--pretrained", str(synthetic / "missing.pth"), "--output_dir", str(synthetic / "x")] + TINY
+            + ["--data_root", str(synthetic / "data")]))
+    with pytest.raises(ValueError, match="--split all"):
+        finetune.main(finetune.get_args_parser().parse_args(
+            ["--pretrained", "scratch", "--split", "all", "--output_dir", str(synthetic / "y")] + TINY
+            + ["--data_root", str(synthetic / "data")]))
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's settings (Section 4.2) are the defaults
+# ----------------------------------------------------------------------------------------------
+
+PAPER = {
+    (eval_linear, "kinetics"): dict(epochs=100, batch_size=64, lr=1.0, warmup_epochs=8, warmup_start_lr=0.0,
+                                    test_clips=10, test_crops=3, num_frames=8, stride=8),
+    (finetune, "ucf101"): dict(epochs=196, batch_size=128, lr=0.0025, test_clips=10, test_crops=3, num_frames=8),
+    (finetune, "hmdb51"): dict(epochs=196, batch_size=128, lr=0.0025, test_clips=10, test_crops=3),
+    (finetune, "ssv2"): dict(epochs=40, batch_size=64, lr=0.15, warmup_epochs=3, warmup_start_lr=0.08,
+                             weight_decay=1e-4, test_clips=1, test_crops=1),
+    (semisup, "kinetics"): dict(epochs=100, batch_size=64, lr=0.01, warmup_epochs=8, warmup_start_lr=0.0,
+                                test_clips=10, test_crops=3, fraction=1.0),
+    (eval_knn, "kinetics"): dict(nb_knn=[20], temperature=0.07, test_clips=1, test_crops=1, num_frames=8),
+}
+
+
+@pytest.mark.parametrize("module,dataset", list(PAPER))
+def test_paper_defaults(module, dataset):
+    args = module.get_args_parser().parse_args(["--pretrained", "scratch", "--dataset", dataset])
+    table = (finetune.paper_defaults(dataset) if module is finetune else module.PAPER_DEFAULTS)
+    eval_linear.fill_defaults(args, table, module.SYNTHETIC_DEFAULTS)
+    for key, value in PAPER[(module, dataset)].items():
+        assert getattr(args, key) == value, key
+
+
+@pytest.mark.parametrize("dataset,flip", [("ssv2", False), ("ucf101", True)])
+def test_no_horizontal_flip_for_ssv2(monkeypatch, dataset, flip):
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_build_split(args, split, mode, official_split=1, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(eval_linear, "build_split", fake_build_split)
+    args = finetune.get_args_parser().parse_args(["--pretrained", "scratch", "--dataset", dataset])
+    with pytest.raises(Stop):
+        finetune.finetune_once(args, torch.device("cpu"), 1, "unused")
+    assert seen["hflip"] is flip
