@@ -76,7 +76,7 @@ def test_variant_trains_a_few_steps(name, synthetic_root, tmp_path):
 def test_kinetics_list_and_inflated_init(synthetic_root, tmp_path):
     """Table 8 (a Kinetics-format list, as K400/K600 are given) and Table 9 (inflated 2D init)."""
     import torchvision
-    videos = data.read_csv_list(os.path.join(synthetic_root, "train.csv"), root=synthetic_root)
+    videos, _ = data.read_csv_list(os.path.join(synthetic_root, "train.csv"), root=synthetic_root)
     k_list = tmp_path / "k600_train.csv"
     k_list.write_text("".join(f"{os.path.relpath(p, synthetic_root)} {y}\n" for p, y in videos))
     r50 = tmp_path / "resnet50_2d.pth"
