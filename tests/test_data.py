@@ -1,0 +1,389 @@
+"""data.py: list formats, PySlowFast sampling, one-pass decoding, bad input, memory."""
+import json
+import os
+import wave
+
+import av
+import numpy as np
+import pytest
+import torch
+
+import data
+
+
+def gray_video(path, n, fps=30, size=(32, 48), gop_size=None, **kw):
+    """Frame i is uniformly gray at level 4*i (lossless H.264), so a decoded frame names its index."""
+    frames = np.zeros((n, size[0], size[1], 3), np.uint8)
+    for i in range(n):
+        frames[i] = min(255, 4 * i)
+    # scenecut=0: keyframes only every gop_size frames (x264 would otherwise make every frame one)
+    data.write_video(str(path), frames, fps=fps, options={"qp": "0", "x264-params": "scenecut=0"},
+                     gop_size=gop_size, **kw)
+    return str(path)
+
+
+def frame_ids(clip):
+    """clip uint8 (3, T, H, W) of gray_video frames -> the frame index of every t."""
+    return [int(round(v / 4)) for v in clip.float().mean(dim=(0, 2, 3)).tolist()]
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampling, against hand-computed PySlowFast indices
+# ------------------------------------------------------------------------------------------------
+
+def test_window_maps_frame_rates_onto_30fps():
+    assert data.clip_window(30, 8, 8) == 64  # the paper's 64 raw frames
+    assert data.clip_window(15, 8, 8) == 32
+    assert data.clip_window(60, 8, 8) == 128
+
+
+def test_clip_indices_linspace_and_clamp():
+    # linspace(10, 73, 8): step 9
+    assert data.clip_indices(300, 64, 8, 10).tolist() == [10, 19, 28, 37, 46, 55, 64, 73]
+    # a 20-frame video under a 64-frame window: clamped to the last frame, not dropped
+    assert data.clip_indices(20, 64, 8, 0).tolist() == [0, 9, 18, 19, 19, 19, 19, 19]
+
+
+def test_test_clip_starts_are_uniform_and_centre_for_one():
+    starts = [data.clip_start(100, 64, i, 10) for i in range(10)]
+    assert starts == pytest.approx([0, 4, 8, 12, 16, 20, 24, 28, 32, 36])
+    assert data.clip_start(100, 64, 0, 1) == 18
+    rng = np.random.default_rng(0)
+    draws = [data.clip_start(100, 64, -1, 1, rng) for _ in range(500)]
+    assert min(draws) >= 0 and max(draws) <= 36 and max(draws) - min(draws) > 30
+
+
+# ------------------------------------------------------------------------------------------------
+# Decoding: the right frames, one open, one pass, seeking
+# ------------------------------------------------------------------------------------------------
+
+def test_read_frames_returns_exact_frames_after_seek(tmp_path):
+    path = gray_video(tmp_path / "g.mp4", 60, gop_size=10)
+    stats = {}
+    _, frames = data.read_frames(path, lambda info: np.array([33, 41, 47]), stats=stats)
+    assert {k: int(round(v.mean() / 4)) for k, v in frames.items()} == {33: 33, 41: 41, 47: 47}
+    with av.open(path) as c:
+        keyframes = [p.pts * c.streams.video[0].time_base * 30 for p in c.demux(video=0) if p.is_keyframe]
+    assert keyframes[:4] == [0, 10, 20, 30]
+    # decoding starts at the keyframe 30 before the first needed frame 33 and stops at frame 47
+    assert stats["seeked"] and stats["decoded"] == 18
+
+
+def test_item_opens_video_once_and_decodes_all_clips_in_one_pass(tmp_path, monkeypatch):
+    path = gray_video(tmp_path / "g.mp4", 60, gop_size=15)
+    opened = []
+    real_open = av.open
+    monkeypatch.setattr(data.av, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    ds = data.VideoDataset([(path, 3)], num_clips=3, num_frames=4, stride=4, crop_size=32)
+    item = ds[0]
+    assert len(opened) == 1
+    assert item["clips"].shape == (3, 3, 4, 32, 32) and item["clips"].dtype == torch.uint8
+    assert item["label"] == 3 and item["index"] == 0
+    for clip in item["clips"]:  # each clip: 4 frames spanning a 16-frame window (linspace step 5)
+        ids = frame_ids(clip)
+        assert [b - a for a, b in zip(ids, ids[1:])] == [5, 5, 5]
+
+
+def test_test_views_frame_rate_mapping(tmp_path):
+    # 15 fps, 60 frames: window = 64 * 15 / 30 = 32 frames; the centre clip starts at (60 - 32) / 2 = 14
+    # and takes linspace(14, 45, 8) = 14, 18.4, 22.9, 27.3, 31.7, 36.1, 40.6, 45 -> truncated.
+    path = gray_video(tmp_path / "g15.mp4", 60, fps=15)
+    ds = data.VideoDataset([(path, 0)], mode="test", test_clips=1, test_crops=1, crop_size=32)
+    clips = ds[0]["clips"]
+    assert clips.shape == (1, 3, 8, 32, 32)
+    assert frame_ids(clips[0]) == [14, 18, 22, 27, 31, 36, 40, 45]
+
+
+def test_ten_by_three_test_views(tmp_path):
+    path = gray_video(tmp_path / "g.mp4", 46, size=(32, 64))
+    ds = data.VideoDataset([(path, 1)], mode="test", test_clips=10, test_crops=3, num_frames=2, stride=4,
+                           crop_size=32)
+    clips = ds[0]["clips"]
+    assert clips.shape == (30, 3, 2, 32, 32)
+    # window 8: clip i starts at (46 - 8) * i / 9; the three crops of a clip share its frames
+    starts = [frame_ids(clips[3 * i])[0] for i in range(10)]
+    assert starts == [int(38 * i / 9) for i in range(10)]
+    assert all(frame_ids(clips[3 * i + j]) == frame_ids(clips[3 * i]) for i in range(10) for j in range(3))
+
+
+def test_short_video_is_clamped_not_dropped(tmp_path):
+    path = gray_video(tmp_path / "short.mp4", 20)
+    ds = data.VideoDataset([(path, 0)], num_clips=2, num_frames=8, stride=8, crop_size=32)
+    clips = ds[0]["clips"]
+    assert clips.shape == (2, 3, 8, 32, 32)
+    assert frame_ids(clips[0]) == [0, 9, 18, 19, 19, 19, 19, 19]
+
+
+def test_static_video_gives_identical_frames_per_clip(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 255, (1, 48, 64, 3), dtype=np.uint8).repeat(40, 0)
+    path = str(tmp_path / "static.mp4")
+    data.write_video(path, frames, options={"qp": "0"})
+    ds = data.VideoDataset([(path, 0)], num_clips=3, num_frames=4, stride=8, crop_size=32)
+    clips = ds[0]["clips"]
+    # the same crop/flip on all T frames: every frame of a clip equals its first frame
+    assert torch.equal(clips, clips[:, :, :1].expand_as(clips))
+
+
+# ------------------------------------------------------------------------------------------------
+# Dataset formats
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_mp4(tmp_path_factory):
+    return gray_video(tmp_path_factory.mktemp("v") / "tiny.mp4", 12, size=(16, 24))
+
+
+def place(src, dst):
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    os.symlink(src, dst)
+
+
+def test_kinetics_list_space_comma_and_unlabelled(tmp_path, tiny_mp4):
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        place(tiny_mp4, str(tmp_path / "videos" / name))
+    (tmp_path / "train.csv").write_text("videos/a.mp4 4\nvideos/b.mp4 7\n")
+    (tmp_path / "val.csv").write_text("videos/a.mp4,1\nvideos/c.mp4,2\n\n")
+    (tmp_path / "pretrain.txt").write_text("videos/b.mp4\nvideos/c.mp4\n")
+    train = data.build_dataset("kinetics", root=str(tmp_path), split="train", num_frames=2, crop_size=16)
+    assert [(os.path.basename(p), lab) for p, lab in train.videos] == [("a.mp4", 4), ("b.mp4", 7)]
+    val = data.build_dataset("kinetics", root=str(tmp_path), split="val", mode="test", test_clips=1,
+                             test_crops=1, num_frames=2, crop_size=16)
+    assert [lab for _, lab in val.videos] == [1, 2]
+    unl = data.build_dataset("kinetics", root=str(tmp_path), list_file=str(tmp_path / "pretrain.txt"),
+                             num_frames=2, crop_size=16)
+    assert [lab for _, lab in unl.videos] == [-1, -1]
+    item = unl[1]
+    assert item["label"] == -1 and item["clips"].shape == (1, 3, 2, 16, 16)
+
+
+def test_ucf101_official_splits(tmp_path, tiny_mp4):
+    lists = tmp_path / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 Archery\n")
+    for k in (1, 2, 3):
+        (lists / f"trainlist0{k}.txt").write_text(
+            f"ApplyEyeMakeup/v_ApplyEyeMakeup_g0{k}_c01.avi 1\nArchery/v_Archery_g0{k}_c01.avi 2\n")
+        (lists / f"testlist0{k}.txt").write_text(f"Archery/v_Archery_g1{k}_c01.avi\n")
+        for rel in ((lists / f"trainlist0{k}.txt").read_text().split()[::2]
+                    + [(lists / f"testlist0{k}.txt").read_text().strip()]):
+            place(tiny_mp4, str(tmp_path / "UCF-101" / rel))
+    train = data.build_dataset("ucf101", root=str(tmp_path), split="train", official_split=2, crop_size=16)
+    assert [(os.path.basename(p), lab) for p, lab in train.videos] == [
+        ("v_ApplyEyeMakeup_g02_c01.avi", 0), ("v_Archery_g02_c01.avi", 1)]
+    test = data.build_dataset("ucf101", root=str(tmp_path), split="test", official_split=3, crop_size=16)
+    assert [(os.path.basename(p), lab) for p, lab in test.videos] == [("v_Archery_g13_c01.avi", 1)]
+    assert train.classes == ["ApplyEyeMakeup", "Archery"]
+    with pytest.raises(ValueError, match="--split"):
+        data.build_dataset("ucf101", root=str(tmp_path), official_split=4)
+
+
+def test_hmdb51_official_splits(tmp_path, tiny_mp4):
+    lists = tmp_path / "testTrainMulti_7030_splits"
+    lists.mkdir()
+    for cls in ("climb", "brush_hair"):
+        for k in (1, 2, 3):
+            (lists / f"{cls}_test_split{k}.txt").write_text(
+                f"{cls}_a{k}.avi 1 \n{cls}_b{k}.avi 2 \n{cls}_c{k}.avi 0 \n")
+            for v in "abc":
+                place(tiny_mp4, str(tmp_path / cls / f"{cls}_{v}{k}.avi"))
+    train = data.build_dataset("hmdb51", root=str(tmp_path), split="train", official_split=1, crop_size=16)
+    assert [(os.path.basename(p), lab) for p, lab in train.videos] == [
+        ("brush_hair_a1.avi", 0), ("climb_a1.avi", 1)]
+    test = data.build_dataset("hmdb51", root=str(tmp_path), split="test", official_split=3, crop_size=16)
+    assert [(os.path.basename(p), lab) for p, lab in test.videos] == [
+        ("brush_hair_b3.avi", 0), ("climb_b3.avi", 1)]
+
+
+def test_ssv2_json(tmp_path, tiny_mp4):
+    (tmp_path / "something-something-v2-labels.json").write_text(json.dumps(
+        {"Holding something": "0", "Putting something on something": "1"}))
+    (tmp_path / "something-something-v2-train.json").write_text(json.dumps([
+        {"id": "11", "label": "putting a cup on a table", "template": "Putting [something] on [something]",
+         "placeholders": ["a cup", "a table"]},
+        {"id": "12", "label": "holding a pen", "template": "Holding [something]", "placeholders": ["a pen"]}]))
+    (tmp_path / "something-something-v2-validation.json").write_text(json.dumps([
+        {"id": "13", "label": "holding x", "template": "Holding [something]", "placeholders": ["x"]}]))
+    for i in ("11", "12", "13"):
+        place(tiny_mp4, str(tmp_path / f"{i}.webm"))
+    train = data.build_dataset("ssv2", root=str(tmp_path), split="train", crop_size=16)
+    assert [(os.path.basename(p), lab) for p, lab in train.videos] == [("11.webm", 1), ("12.webm", 0)]
+    val = data.build_dataset("ssv2", root=str(tmp_path), split="val", mode="test", test_clips=1,
+                             test_crops=1, crop_size=16)
+    assert [lab for _, lab in val.videos] == [0] and val[0]["clips"].shape == (1, 3, 8, 16, 16)
+
+
+def test_folder_per_class(tmp_path, tiny_mp4):
+    for cls, names in (("walk", ["1.mp4", "2.avi"]), ("jump", ["3.mkv"])):
+        for n in names:
+            place(tiny_mp4, str(tmp_path / cls / n))
+    (tmp_path / "walk" / "notes.txt").write_text("not a video")
+    ds = data.build_dataset("folder", root=str(tmp_path), crop_size=16)
+    assert [(os.path.basename(p), lab) for p, lab in ds.videos] == [("3.mkv", 0), ("1.mp4", 1), ("2.avi", 1)]
+    assert ds.classes == ["jump", "walk"]
+
+
+def test_csv_with_class_names_like_surveillance_fight(tmp_path, tiny_mp4):
+    for rel in ("noFight/n1.mp4", "fight/f1.mp4", "fight/f2.mp4"):
+        place(tiny_mp4, str(tmp_path / rel))
+    (tmp_path / "labels.csv").write_text("path,label\nnoFight/n1.mp4,noFight\nfight/f1.mp4,fight\n"
+                                         "fight/f2.mp4,fight\n")
+    ds = data.build_dataset("csv", root=str(tmp_path), list_file=str(tmp_path / "labels.csv"), crop_size=16)
+    assert ds.classes == ["fight", "noFight"]
+    assert [lab for _, lab in ds.videos] == [1, 0, 0]
+    (tmp_path / "bad.csv").write_text("file,class\nx.mp4,1\n")
+    with pytest.raises(ValueError, match="path,label"):
+        data.build_dataset("csv", list_file=str(tmp_path / "bad.csv"))
+
+
+def test_synthetic_is_deterministic_cached_and_decodable(tmp_path):
+    kw = dict(seed=3, num_classes=3, videos_per_class=2, val_videos_per_class=1, height=32, width=48,
+              num_frames=16)
+    root = data.make_synthetic_dataset(str(tmp_path / "a"), **kw)
+    data.make_synthetic_dataset(str(tmp_path / "b"), **kw)
+    a = open(os.path.join(root, "train/class1/train_1_001.mp4"), "rb").read()
+    b = open(str(tmp_path / "b/train/class1/train_1_001.mp4"), "rb").read()
+    assert a == b  # same seed, same bytes
+    mtime = os.path.getmtime(os.path.join(root, "train.csv"))
+    data.make_synthetic_dataset(root, **kw)  # cached: nothing rewritten
+    assert os.path.getmtime(os.path.join(root, "train.csv")) == mtime
+    train = data.build_dataset("synthetic", root=root, split="train", num_clips=2, num_frames=4, stride=2,
+                               crop_size=24)
+    val = data.build_dataset("synthetic", root=root, split="val", mode="test", test_clips=1, test_crops=1,
+                             num_frames=4, stride=2, crop_size=24)
+    assert sorted(lab for _, lab in train.videos) == [0, 0, 1, 1, 2, 2] and len(val) == 3
+    assert train[0]["clips"].shape == (2, 3, 4, 24, 24)
+
+
+def test_synthetic_classes_differ_in_appearance_and_motion():
+    c = [data._synthetic_class(k, 6) for k in range(6)]
+    assert len({tuple(np.round(x["colour"])) for x in c}) == 6
+    assert len({(round(x["angle"], 3), x["speed"]) for x in c}) == 6
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input
+# ------------------------------------------------------------------------------------------------
+
+def audio_only(path):
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(np.zeros(8000, np.int16).tobytes())
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    good = gray_video(d / "good.mp4", 40)
+    raw = open(good, "rb").read()
+    files = {}
+    files["zero"] = str(d / "zero.mp4")
+    open(files["zero"], "wb").close()
+    files["truncated_mp4"] = str(d / "trunc.mp4")
+    open(files["truncated_mp4"], "wb").write(raw[: len(raw) // 2])
+    files["text"] = str(d / "text.mp4")
+    open(files["text"], "w").write("this is not a video\n" * 50)
+    files["garbage"] = str(d / "garbage.avi")
+    open(files["garbage"], "wb").write(np.random.default_rng(0).integers(0, 256, 5000, np.uint8).tobytes())
+    files["audio_only"] = audio_only(d / "audio.wav")
+    files["missing"] = str(d / "does_not_exist.mp4")
+    return good, files
+
+
+def test_undecodable_files_give_none_without_crash(bad_files):
+    _, files = bad_files
+    for kind, path in files.items():
+        ds = data.VideoDataset([(path, 0)], num_clips=2, num_frames=4, crop_size=16)
+        assert ds[0] is None, kind
+
+
+def test_damaged_but_readable_videos_still_decode(tmp_path):
+    # header at the front (mkv) then cut in the middle: the frames before the cut are used
+    path = gray_video(tmp_path / "cut.mkv", 60)
+    raw = open(path, "rb").read()
+    open(path, "wb").write(raw[: int(len(raw) * 0.6)])
+    # bytes overwritten inside the stream
+    path2 = gray_video(tmp_path / "flipped.mp4", 60)
+    raw = bytearray(open(path2, "rb").read())
+    raw[len(raw) // 3: len(raw) // 3 + 200] = bytes(200)
+    open(path2, "wb").write(bytes(raw))
+    for p in (path, path2):
+        item = data.VideoDataset([(p, 0)], num_clips=2, num_frames=4, crop_size=16)[0]
+        assert item is None or item["clips"].shape == (2, 3, 4, 16, 16)
+    assert data.VideoDataset([(path, 0)], num_clips=1, num_frames=4, crop_size=16)[0] is not None
+
+
+def test_odd_sizes_and_frame_rates(tmp_path):
+    cases = [((17, 33), 30, 25), ((12, 16), 30, 25), ((40, 30), 5, 25), ((24, 32), 60, 25),
+             ((24, 32), 29.97, 25), ((24, 32), 30, 1)]  # ..., a single-frame video
+    for k, (size, fps, n) in enumerate(cases):
+        frames = np.random.default_rng(k).integers(0, 255, (n,) + size + (3,), dtype=np.uint8)
+        path = str(tmp_path / f"v{k}.mp4")
+        data.write_video(path, frames, fps=fps, pix_fmt="yuv444p")
+        for mode in ("train", "test"):
+            item = data.VideoDataset([(path, 0)], num_clips=2, num_frames=8, crop_size=24, mode=mode,
+                                     test_clips=2, test_crops=3)[0]
+            assert item is not None and item["clips"].shape[1:] == (3, 8, 24, 24), (size, fps, mode)
+
+
+def test_collate_counts_skipped_and_never_substitutes(bad_files):
+    good, files = bad_files
+    videos = [(good, 5), (files["zero"], 6), (files["text"], 7), (good, 8), (files["missing"], 9)]
+    ds = data.VideoDataset(videos, num_clips=3, num_frames=2, crop_size=16)
+    loader = torch.utils.data.DataLoader(ds, batch_size=5, num_workers=1, collate_fn=data.collate_skip_bad)
+    batch = next(iter(loader))
+    assert batch["skipped"] == 3
+    assert batch["clips"].shape == (2, 3, 3, 2, 16, 16)
+    assert batch["label"].tolist() == [5, 8] and batch["index"].tolist() == [0, 3]
+    empty = data.collate_skip_bad([None, None])
+    assert empty["skipped"] == 2 and empty["clips"].shape[0] == 0
+
+
+def test_missing_files_fail_at_startup_with_count_and_paths(tmp_path, tiny_mp4):
+    place(tiny_mp4, str(tmp_path / "ok.mp4"))
+    lines = ["ok.mp4 0"] + [f"gone{i}.mp4 1" for i in range(7)]
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(FileNotFoundError) as e:
+        data.build_dataset("kinetics", root=str(tmp_path))
+    assert "7 of 8" in str(e.value) and "gone0.mp4" in str(e.value) and "--skip_missing" in str(e.value)
+    with pytest.warns(UserWarning, match="7 of 8"):
+        ds = data.build_dataset("kinetics", root=str(tmp_path), skip_missing=True)
+    assert len(ds) == 1
+
+
+def test_bad_arguments_name_the_flag(tmp_path):
+    with pytest.raises(ValueError, match="--dataset"):
+        data.build_dataset("imagenet", root=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="--data_root"):
+        data.build_dataset("ucf101", root=str(tmp_path))
+    with pytest.raises(ValueError, match="test_crops"):
+        data.VideoDataset([], mode="test", test_crops=2)
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def test_repeated_decoding_keeps_memory_flat(tmp_path, bad_files):
+    # the full 1,000-decode measurement is `python bench/data.py --memory`
+    good, files = bad_files
+    ds = data.VideoDataset([(good, 0), (files["truncated_mp4"], 0)], num_clips=3, num_frames=8,
+                           crop_size=32)
+    for i in range(30):
+        ds[i % 2]
+    before = rss_mb()
+    for i in range(120):
+        ds[i % 2]
+    assert rss_mb() - before < 15
+
+
+def test_raw_stream_without_timestamps_or_frame_count(tmp_path):
+    # a raw .h264 elementary stream: no container frame count, no duration, no pts
+    path = gray_video(tmp_path / "raw.h264", 50, gop_size=10)
+    stats = {}
+    info, frames = data.read_frames(path, lambda info: np.array([5, 33, 47]), stats=stats)
+    assert info.num_frames == 50  # counted from the packets
+    assert {k: int(round(v.mean() / 4)) for k, v in frames.items()} == {5: 5, 33: 33, 47: 47}
