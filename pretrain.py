@@ -42,7 +42,7 @@ import teachers  # noqa: E402
 PAPER_DEFAULTS = dict(arch="slow_r50", teacher="clip_vit_b16", epochs=100, batch_size_per_gpu=13,
                       warmup_epochs=8, crop_size=224, num_frames=8, stride=8, num_workers=8)
 # The embedded default: small enough for a 2-core CPU in under ten minutes, k-NN after training.
-EMBEDDED_DEFAULTS = dict(arch="slow_tiny", teacher="efficientnet_lite0", epochs=6, batch_size_per_gpu=8,
+EMBEDDED_DEFAULTS = dict(arch="slow_tiny", teacher="efficientnet_lite0", epochs=12, batch_size_per_gpu=8,
                          warmup_epochs=1, crop_size=64, num_frames=4, stride=8, num_workers=1)
 
 
@@ -225,21 +225,36 @@ def train_one_epoch(model, objective, loader, optimizer, scaler, gpu_augment, ep
     return stats
 
 
-def knn_report(encoder, initial_state, args, device):
-    """k-NN top-1 on the validation split: the trained encoder beside the same one at initialisation."""
-    train_set = data.build_dataset(args.dataset, root=args.data_root, split="train", mode="test",
-                                   test_clips=1, test_crops=1, num_frames=args.num_frames,
-                                   stride=args.stride, crop_size=args.crop_size, seed=args.seed)
-    val_set = data.build_dataset(args.dataset, root=args.data_root, split="val", mode="test",
+class TeacherAsEncoder(nn.Module):
+    """A frozen image teacher seen through the encoder interface (normalised clip -> (N, D, T)), so
+    k-NN can measure the teacher's own frame features on the same clips: the reference the student
+    is regressing."""
+
+    def __init__(self, teacher):
+        super().__init__()
+        self.teacher, self.feat_dim = teacher, teacher.dim
+
+    def forward(self, x):
+        mean = torch.tensor(augment.STUDENT_MEAN, device=x.device).view(1, 3, 1, 1, 1)
+        std = torch.tensor(augment.STUDENT_STD, device=x.device).view(1, 3, 1, 1, 1)
+        frames = (x * std + mean).transpose(1, 2).flatten(0, 1)  # back to [0, 1], (N*T, 3, H, W)
+        return self.teacher(frames).unflatten(0, (x.shape[0], x.shape[2])).transpose(1, 2)
+
+
+def knn_report(objective, initial_state, args, device):
+    """k-NN top-1 on the validation split: the trained encoder beside the same one at initialisation
+    (and, for iBoot, beside the teacher's own frame features averaged over the clip)."""
+    splits = [data.build_dataset(args.dataset, root=args.data_root, split=split, mode="test",
                                  test_clips=1, test_crops=1, num_frames=args.num_frames,
                                  stride=args.stride, crop_size=args.crop_size, seed=args.seed)
-    results = {}
-    random_encoder = copy.deepcopy(encoder)
+              for split in ("train", "val")]
+    random_encoder = copy.deepcopy(objective.encoder)
     random_encoder.load_state_dict(initial_state)
-    for name, net in (("trained", encoder), ("random_init", random_encoder)):
-        results[name] = eval_knn.knn_top1_on_sets(net, train_set, val_set, device=device, k=20,
-                                                  batch_size=16, num_workers=args.num_workers)
-    return results
+    nets = {"trained": objective.encoder, "random_init": random_encoder}
+    if isinstance(objective, iboot.IBoot):
+        nets["teacher"] = TeacherAsEncoder(objective.teachers[0])
+    return {name: eval_knn.knn_top1_on_sets(net, *splits, device=device, k=20, batch_size=16,
+                                            num_workers=args.num_workers) for name, net in nets.items()}
 
 
 def main(args):
@@ -338,10 +353,11 @@ def main(args):
         utils.barrier()
 
     if args.knn_eval == "yes" and utils.is_main_process():
-        res = knn_report(objective.encoder, initial_encoder_state, args, device)
+        res = knn_report(objective, initial_encoder_state, args, device)
         logger.log(kind="knn", **res)
+        teacher = f" | teacher {args.teacher} (frame features) {res['teacher']:.1f}%" if "teacher" in res else ""
         print(f"k-NN top-1 (k=20) on {args.dataset} val: trained {res['trained']:.1f}% | "
-              f"random init {res['random_init']:.1f}%", flush=True)
+              f"random init {res['random_init']:.1f}%{teacher}", flush=True)
     if tb_writer is not None:
         tb_writer.close()
     utils.cleanup_distributed()
