@@ -8,8 +8,9 @@ setting), peak memory, where the time of a step goes (teacher forward, online fo
 optimiser step) and, on a GPU, the achieved fraction of the bf16 peak. FLOPs per video are counted
 as 3 x online forward (forward + backward ~ 3 forwards) for each of the two online clips plus one
 teacher forward over the 8 frames of v_ref; one multiply-add = 2 FLOPs. Inputs are random tensors
-so the figure isolates the model; bench/data.py measures the data pipeline. The last line is the
-summary.
+so the figure isolates the model; with --videos CSV the clips come instead from the real data
+pipeline (3-view sampling, decoding in --num_workers processes, device-side augmentation) and the
+time spent waiting for data is reported too. The last line is the summary.
 """
 import argparse
 import os
@@ -23,6 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import utils  # noqa: E402
 
 utils.register_torchvision_fallbacks()
+import augment  # noqa: E402
+import data  # noqa: E402
 import iboot  # noqa: E402
 import lars  # noqa: E402
 import models  # noqa: E402
@@ -57,6 +60,10 @@ def main():
     p.add_argument("--crop_size", type=int, default=224)
     p.add_argument("--steps", type=int, default=3, help="timed steps per batch size (after 1 warm-up)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--videos", default=None,
+                   help="CSV path,label of real videos (e.g. ../shared/data/surveillance-fight/labels.csv): "
+                        "feed the steps from the data pipeline and measure the data wait")
+    p.add_argument("--num_workers", type=int, default=1, help="data workers with --videos")
     args = p.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -76,15 +83,35 @@ def main():
     peak = peak_bf16(device)
     print(f"device {device} | {args.arch} ({online_macs / 1e9:.1f} GMACs per clip) | teacher {args.teacher} "
           f"({teacher_macs / 1e9:.1f} GMACs per {T} frames) | {flops_per_video / 1e12:.3f} TFLOP per video")
-    print(f"{'batch':>6} {'clips/s':>8} {'peak mem GiB':>12} {'teacher %':>9} {'online f+b %':>12} "
+    print(f"{'batch':>6} {'clips/s':>8} {'peak mem GiB':>12} {'data+aug %':>11} {'teacher %':>9} {'online f+b %':>12} "
           f"{'optim %':>7} {'% bf16 peak':>11}")
     summary = []
     for B in args.batch_sizes:
+        batches = None
+        if args.videos:
+            videos, _ = data.read_csv_list(args.videos)
+            dataset = data.VideoDataset(videos, num_clips=3, num_frames=T, stride=8, crop_size=S)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=B, shuffle=True, drop_last=True,
+                                                 num_workers=args.num_workers, collate_fn=data.collate_skip_bad,
+                                                 pin_memory=device.type == "cuda", persistent_workers=True)
+            batches = iter(loader)
+            gpu_augment = augment.GpuAugment().to(device)
         clips = [torch.rand(B, 3, T, S, S, device=device) for _ in range(3)]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        times = {"teacher": 0.0, "online": 0.0, "optim": 0.0, "total": 0.0}
+        times = {"data": 0.0, "teacher": 0.0, "online": 0.0, "optim": 0.0, "total": 0.0}
         for step in range(args.steps + 1):
+            sync(device)
+            t_data = time.time()
+            if batches is not None:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    batches = iter(loader)
+                    batch = next(batches)
+                views = gpu_augment(batch["clips"].to(device, non_blocking=True).flatten(0, 1))
+                views = views.unflatten(0, (batch["clips"].shape[0], 3))
+                clips = [views[:, v] for v in range(3)]
             sync(device)
             t0 = time.time()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
@@ -100,21 +127,23 @@ def main():
             optimizer.step()
             sync(device)
             t3 = time.time()
-            if step > 0:  # the first step warms up allocators and kernels
+            if step > 0:  # the first step warms up allocators, kernels and data workers
                 teacher_time = t1 - t0
+                times["data"] += t0 - t_data
                 times["teacher"] += teacher_time
                 times["online"] += (t2 - t1) - teacher_time  # the full step ran the teacher once too
                 times["optim"] += t3 - t2
-                times["total"] += t3 - t1
+                times["total"] += (t3 - t1) + (t0 - t_data)
         step_time = times["total"] / args.steps
         clips_per_s = 2 * B / step_time
         mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 30
         frac = (B * flops_per_video / step_time / peak) if peak else None
-        shares = {k: 100 * times[k] / times["total"] for k in ("teacher", "online", "optim")}
-        print(f"{B:>6} {clips_per_s:>8.2f} {mem:>12.2f} {shares['teacher']:>9.0f} {shares['online']:>12.0f} "
+        shares = {k: 100 * times[k] / times["total"] for k in ("data", "teacher", "online", "optim")}
+        print(f"{B:>6} {clips_per_s:>8.2f} {mem:>12.2f} {shares['data']:>11.0f} {shares['teacher']:>9.0f} {shares['online']:>12.0f} "
               f"{shares['optim']:>7.0f} {'' if frac is None else f'{100 * frac:.1f}':>11}")
-        summary.append(f"B={B}: {clips_per_s:.2f} clips/s, {mem:.1f} GiB, teacher {shares['teacher']:.0f}% "
+        summary.append(f"B={B}: {clips_per_s:.2f} clips/s, {mem:.1f} GiB, data+aug {shares['data']:.0f}% "
+                       f"teacher {shares['teacher']:.0f}% "
                        f"online {shares['online']:.0f}% optim {shares['optim']:.0f}%"
                        + ("" if frac is None else f", {100 * frac:.1f}% of bf16 peak"))
     print("summary: " + " | ".join(summary))
