@@ -14,7 +14,6 @@ The paper does not say how many views per video the k-NN features use; one clip 
 (DINO uses one centre crop per image) is the default, --test_clips/--test_crops average more.
 """
 import argparse
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -163,8 +162,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    utils.run_cli(main, get_args_parser())

@@ -22,7 +22,6 @@ Shared with eval_knn.py, finetune.py and semisup.py (one place per concept):
 import argparse
 import math
 import os
-import sys
 import time
 
 import torch
@@ -487,8 +486,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    utils.run_cli(main, get_args_parser())

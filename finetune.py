@@ -19,7 +19,6 @@ As in PySlowFast's classification heads, dropout 0.5 comes before the linear cla
 """
 import argparse
 import os
-import sys
 
 import torch
 
@@ -121,8 +120,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    utils.run_cli(main, get_args_parser())

@@ -115,6 +115,14 @@ class _MomentumMixin:
         ema_update(self.ema_encoder, self.encoder, self.momentum)
         ema_update(self.ema_projector, self.projector, self.momentum)
 
+    def _sync_momentum_branch(self):
+        conv = nn.SyncBatchNorm.convert_sync_batchnorm
+        self.projector, self.predictor = conv(self.projector), conv(self.predictor)
+        self.ema_encoder, self.ema_projector = conv(self.ema_encoder), conv(self.ema_projector)
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
 
 class IBoot(nn.Module, _MomentumMixin):
     """iBoot objective. `encoder.forward(x (N,3,T,H,W)) -> (N, feat_dim, T)`; each teacher maps
@@ -213,16 +221,11 @@ class IBoot(nn.Module, _MomentumMixin):
         if self.extra_ssl:
             self._ema_step()
 
-    def trainable_parameters(self):
-        return [p for p in self.parameters() if p.requires_grad]
-
     def convert_sync_batchnorm(self):
         """SyncBN for everything but the frozen teachers (paper: synchronised BN across GPUs)."""
-        conv = nn.SyncBatchNorm.convert_sync_batchnorm
-        self.encoder = conv(self.encoder)
+        self.encoder = nn.SyncBatchNorm.convert_sync_batchnorm(self.encoder)
         if self.extra_ssl:
-            self.projector, self.predictor = conv(self.projector), conv(self.predictor)
-            self.ema_encoder, self.ema_projector = conv(self.ema_encoder), conv(self.ema_projector)
+            self._sync_momentum_branch()
         return self
 
     def _head_modules(self):
@@ -279,14 +282,9 @@ class RhoBYOL(nn.Module, _MomentumMixin):
     def after_step(self):
         self._ema_step()
 
-    def trainable_parameters(self):
-        return [p for p in self.parameters() if p.requires_grad]
-
     def convert_sync_batchnorm(self):
-        conv = nn.SyncBatchNorm.convert_sync_batchnorm
-        self.encoder = conv(self.encoder)
-        self.projector, self.predictor = conv(self.projector), conv(self.predictor)
-        self.ema_encoder, self.ema_projector = conv(self.ema_encoder), conv(self.ema_projector)
+        self.encoder = nn.SyncBatchNorm.convert_sync_batchnorm(self.encoder)
+        self._sync_momentum_branch()
         return self
 
     def checkpoint_state(self):

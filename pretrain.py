@@ -20,7 +20,6 @@ import argparse
 import copy
 import math
 import os
-import sys
 import time
 
 import torch
@@ -365,8 +364,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    utils.run_cli(main, get_args_parser())

@@ -17,7 +17,6 @@ head as in PySlowFast. Tested on the whole K400 validation set, 10 clips x 3 cro
 import argparse
 import json
 import os
-import sys
 from collections import defaultdict
 
 import numpy as np
@@ -115,8 +114,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    utils.run_cli(main, get_args_parser())

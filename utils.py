@@ -260,6 +260,16 @@ def write_result(results_dir, record):
     return path
 
 
+def run_cli(main, parser):
+    """Run a script's main(args). Bad input (a ValueError or FileNotFoundError that names the flag or
+    file) ends in one line on stderr and exit status 2, not a traceback."""
+    try:
+        main(parser.parse_args())
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def print_main(*args, **kwargs):
     if is_main_process():
         print(*args, **kwargs, flush=True)

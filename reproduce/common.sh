@@ -195,7 +195,7 @@ evaluate() {
         *) echo "error: unknown evaluation '$ev'" >&2; exit 2 ;;
     esac
     if [[ "$weights" == "" ]]; then
-        log "WARNING: skipping $ev of $name: its weights are not given (see reproduce/README.md)"; return 0
+        log "WARNING: skipping $ev of $name: its weights are not given (see README.md, Reproducing the paper)"; return 0
     fi
     # shellcheck disable=SC2207
     local args=("$script" --arch "$arch" --pretrained "$weights" --run_name "${name}__${ev}"

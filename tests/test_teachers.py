@@ -14,7 +14,6 @@ import utils
 utils.register_torchvision_fallbacks()
 import skimage.data  # noqa: E402
 import timm  # noqa: E402
-import torchvision  # noqa: E402
 
 # Published preprocessing constants, written out by hand (not read from the libraries).
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
