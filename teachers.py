@@ -12,7 +12,7 @@
                        so it works offline (the default teacher)
   plus "open_clip:MODEL:TAG" and "timm:MODEL" for any other model of those libraries.
 - `weights`: None = the public weights (hub tags, needs the internet), a local file path, or
-  "random" (random init, for tests). Offline without a local file: RuntimeError naming
+  "random" (random init, for tests). Offline without a local file: utils.SetupError naming
   --teacher_weights, raised within seconds.
 - `class Teacher`: frames float (N,3,H,W) in [0,1] -> (N, dim). Resizes to the model's input size when
   the model needs a fixed size (ViTs), applies the model's own normalisation, never takes gradients,
@@ -103,14 +103,15 @@ def _host_reachable(host, timeout=3.0):
 
 
 def require_hub(name, host="huggingface.co"):
-    """Raise a RuntimeError naming --teacher_weights when `host` cannot serve the weights of `name`."""
+    """Raise a SetupError (a RuntimeError) naming --teacher_weights when `host` cannot serve the
+    weights of `name`."""
     offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
                   for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     if host != "huggingface.co":
         offline = False  # HF_HUB_OFFLINE says nothing about other hosts: probe them
     if offline or not _host_reachable(host):
         why = "HF_HUB_OFFLINE is set" if offline else f"{host}:443 is unreachable"
-        raise RuntimeError(
+        raise utils.SetupError(
             f"teacher {name!r} needs pretrained weights downloaded from {host}, but {why}. Download the "
             f"weights on a machine with internet access and pass {WEIGHTS_FLAG} /path/to/file "
             f"(or use the offline teacher {DEFAULT_TEACHER!r}).")

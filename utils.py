@@ -260,12 +260,17 @@ def write_result(results_dir, record):
     return path
 
 
+class SetupError(RuntimeError):
+    """Something the user must fix outside the code (e.g. teacher weights that cannot be fetched
+    offline); the message names the flag that fixes it."""
+
+
 def run_cli(main, parser):
-    """Run a script's main(args). Bad input (a ValueError or FileNotFoundError that names the flag or
-    file) ends in one line on stderr and exit status 2, not a traceback."""
+    """Run a script's main(args). Bad input (a ValueError, FileNotFoundError or SetupError that names
+    the flag or file) ends in one line on stderr and exit status 2, not a traceback."""
     try:
         main(parser.parse_args())
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, SetupError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
