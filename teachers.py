@@ -32,7 +32,6 @@ import models
 import utils
 
 utils.register_torchvision_fallbacks()
-import open_clip  # noqa: E402
 import timm  # noqa: E402
 
 TEACHERS = ("clip_vit_b16", "dino_vit_s16", "dino_vit_b16", "deit_b16", "swav_r50w2", "efficientnet_lite0")
@@ -128,6 +127,7 @@ def _check_file(path):
 
 
 def _open_clip_teacher(name, model_name, tag, weights):
+    import open_clip  # here, not at the top: it takes a second to import and only CLIP teachers use it
     cfg = open_clip.get_pretrained_cfg(model_name, tag) if tag else {}
     # OpenAI's CLIP weights were trained with QuickGELU; the architecture must match the weights
     quick_gelu = bool(cfg.get("quick_gelu", False))
