@@ -112,12 +112,7 @@ def add_common_args(p, paper_defaults):
 
 def fill_defaults(args, paper_defaults, synthetic_defaults):
     """Unset flags take the paper's value (or the small synthetic one); returns what was filled."""
-    table = synthetic_defaults if args.dataset == "synthetic" else paper_defaults
-    used = {}
-    for key, value in table.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-            used[key] = value
+    used = utils.fill_unset(args, synthetic_defaults if args.dataset == "synthetic" else paper_defaults)
     for key in ("epochs", "batch_size", "num_frames", "crop_size", "test_clips", "test_crops"):
         if getattr(args, key, 1) is not None and getattr(args, key, 1) < 1:
             raise ValueError(f"--{key} must be at least 1, got {getattr(args, key)}")

@@ -117,12 +117,7 @@ def get_args_parser():
 
 def fill_defaults(args):
     """Unset size flags take the paper's values, or the embedded ones on synthetic data."""
-    table = EMBEDDED_DEFAULTS if args.dataset == "synthetic" else PAPER_DEFAULTS
-    used = {}
-    for key, value in table.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-            used[key] = value
+    used = utils.fill_unset(args, EMBEDDED_DEFAULTS if args.dataset == "synthetic" else PAPER_DEFAULTS)
     if args.num_clips is None:
         args.num_clips = 3 if args.method == "iboot" else 2
     if args.method == "iboot" and args.num_clips not in (1, 2, 3):

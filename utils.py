@@ -234,6 +234,17 @@ class JsonlLogger:
             f.write(json.dumps(record) + "\n")
 
 
+def fill_unset(args, defaults):
+    """Flags left at None take the value in `defaults` (the paper's, or the small synthetic ones);
+    returns what was filled, so the script can print it."""
+    used = {}
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+            used[key] = value
+    return used
+
+
 def save_args(args, output_dir, name="config.json"):
     """The full configuration, beside the checkpoints, so a run can be read back and repeated."""
     if is_main_process():

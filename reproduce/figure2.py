@@ -115,7 +115,7 @@ def attention_grid(frames_uint8, maps, title, path, max_heads=12):
     plt.close(fig)
 
 
-def main(argv=None):
+def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--teacher", default="dino_vit_b16", help="a ViT teacher name (teachers.py)")
     p.add_argument("--teacher_weights", default=None,
@@ -126,7 +126,10 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=224, help="frame crop shown and given to the teacher")
     p.add_argument("--max_heads", type=int, default=12)
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "figure2.png"))
-    args = p.parse_args(argv)
+    return p
+
+
+def main(args):
     if args.num_frames < 1:
         raise ValueError(f"--num_frames must be at least 1, got {args.num_frames}")
     weights = args.teacher_weights
@@ -151,7 +154,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}")
+    utils.run_cli(main, get_args_parser())
