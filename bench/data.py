@@ -32,6 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import augment  # noqa: E402
 import data  # noqa: E402
+import video  # noqa: E402
 
 
 def render_kinetics_like(rng, height, width, num_frames):
@@ -61,7 +62,7 @@ def kinetics_like_videos(folder, count, seconds=10, width=340, height=256, fps=3
         path = os.path.join(folder, f"k{i:02d}.mp4")
         if not os.path.isfile(path):
             video = render_kinetics_like(np.random.default_rng(1000 + i), height, width, seconds * fps)
-            data.write_video(path, video, fps=fps)  # libx264 defaults: crf 23, preset medium, keyint 250
+            video.write_video(path, video, fps=fps)  # libx264 defaults: crf 23, preset medium, keyint 250
         paths.append(path)
     return paths
 
@@ -86,7 +87,7 @@ def naive_sample(path, ds, rng):
 def floor_sample(path, ds, rng):
     """Decode the frames the sampler needs (keyframe before the earliest one up to the last one), only."""
     with av.open(path) as c:
-        info = data.VideoInfo(c)
+        info = video.VideoInfo(c)
         info.stream.codec_context.thread_count = 1
         wanted = np.unique(np.concatenate(ds.clip_plan(info, rng)))
         first, last = int(wanted[0]), int(wanted[-1])

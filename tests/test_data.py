@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import data
+import video
 
 
 def gray_video(path, n, fps=30, size=(32, 48), gop_size=None, **kw):
@@ -17,7 +18,7 @@ def gray_video(path, n, fps=30, size=(32, 48), gop_size=None, **kw):
     for i in range(n):
         frames[i] = min(255, 4 * i)
     # scenecut=0: keyframes only every gop_size frames (x264 would otherwise make every frame one)
-    data.write_video(str(path), frames, fps=fps, options={"qp": "0", "x264-params": "scenecut=0"},
+    video.write_video(str(path), frames, fps=fps, options={"qp": "0", "x264-params": "scenecut=0"},
                      gop_size=gop_size, **kw)
     return str(path)
 
@@ -60,7 +61,7 @@ def test_test_clip_starts_are_uniform_and_centre_for_one():
 def test_read_frames_returns_exact_frames_after_seek(tmp_path):
     path = gray_video(tmp_path / "g.mp4", 60, gop_size=10)
     stats = {}
-    _, frames = data.read_frames(path, lambda info: np.array([33, 41, 47]), stats=stats)
+    _, frames = video.read_frames(path, lambda info: np.array([33, 41, 47]), stats=stats)
     assert {k: int(round(v.mean() / 4)) for k, v in frames.items()} == {33: 33, 41: 41, 47: 47}
     with av.open(path) as c:
         keyframes = [p.pts * c.streams.video[0].time_base * 30 for p in c.demux(video=0) if p.is_keyframe]
@@ -73,7 +74,7 @@ def test_item_opens_video_once_and_decodes_all_clips_in_one_pass(tmp_path, monke
     path = gray_video(tmp_path / "g.mp4", 60, gop_size=15)
     opened = []
     real_open = av.open
-    monkeypatch.setattr(data.av, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    monkeypatch.setattr(video.av, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
     ds = data.VideoDataset([(path, 3)], num_clips=3, num_frames=4, stride=4, crop_size=32)
     item = ds[0]
     assert len(opened) == 1
@@ -117,7 +118,7 @@ def test_short_video_is_clamped_not_dropped(tmp_path):
 def test_static_video_gives_identical_frames_per_clip(tmp_path):
     frames = np.random.default_rng(0).integers(0, 255, (1, 48, 64, 3), dtype=np.uint8).repeat(40, 0)
     path = str(tmp_path / "static.mp4")
-    data.write_video(path, frames, options={"qp": "0"})
+    video.write_video(path, frames, options={"qp": "0"})
     ds = data.VideoDataset([(path, 0)], num_clips=3, num_frames=4, stride=8, crop_size=32)
     clips = ds[0]["clips"]
     # the same crop/flip on all T frames: every frame of a clip equals its first frame
@@ -321,7 +322,7 @@ def test_odd_sizes_and_frame_rates(tmp_path):
     for k, (size, fps, n) in enumerate(cases):
         frames = np.random.default_rng(k).integers(0, 255, (n,) + size + (3,), dtype=np.uint8)
         path = str(tmp_path / f"v{k}.mp4")
-        data.write_video(path, frames, fps=fps, pix_fmt="yuv444p")
+        video.write_video(path, frames, fps=fps, pix_fmt="yuv444p")
         for mode in ("train", "test"):
             item = data.VideoDataset([(path, 0)], num_clips=2, num_frames=8, crop_size=24, mode=mode,
                                      test_clips=2, test_crops=3)[0]
@@ -384,6 +385,6 @@ def test_raw_stream_without_timestamps_or_frame_count(tmp_path):
     # a raw .h264 elementary stream: no container frame count, no duration, no pts
     path = gray_video(tmp_path / "raw.h264", 50, gop_size=10)
     stats = {}
-    info, frames = data.read_frames(path, lambda info: np.array([5, 33, 47]), stats=stats)
+    info, frames = video.read_frames(path, lambda info: np.array([5, 33, 47]), stats=stats)
     assert info.num_frames == 50  # counted from the packets
     assert {k: int(round(v.mean() / 4)) for k, v in frames.items()} == {5: 5, 33: 33, 47: 47}
