@@ -7,6 +7,7 @@ Worker side (uint8, one clip at a time, in data.py's workers):
 Device side (float, batched, on the training device, CPU or GPU):
     GpuAugment              colour jitter (p=0.8), grayscale (p=0.2), Gaussian blur (p=0.5)
     normalize               mean/std normalisation; STUDENT_MEAN/STD are PySlowFast's Kinetics values
+    student_input           clips (uint8 or float in [0, 1]) -> the online network's normalised input
 
 Every random parameter is drawn once per clip and applied to all T frames of that clip ("a consistent
 spatial augmentation on its frames", Section 4.1); clips of one video are augmented independently.
@@ -46,6 +47,21 @@ def normalize(x, mean, std):
     mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(shape)
     std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(shape)
     return (x - mean) / std
+
+
+def student_input(clips):
+    """The online (student) network's input: clips uint8 in [0, 255] or float in [0, 1], (N, 3, T, H, W),
+    normalised with PySlowFast's Kinetics mean and std. The one place this normalisation happens."""
+    x = clips.float().div(255.0) if clips.dtype == torch.uint8 else clips
+    return normalize(x, STUDENT_MEAN, STUDENT_STD)
+
+
+def student_input_to_frames(x):
+    """The inverse of student_input for float clips: back to [0, 1] (to show a teacher the same clips)."""
+    shape = (1, 3) + (1,) * (x.dim() - 2)
+    mean = torch.as_tensor(STUDENT_MEAN, dtype=x.dtype, device=x.device).view(shape)
+    std = torch.as_tensor(STUDENT_STD, dtype=x.dtype, device=x.device).view(shape)
+    return x * std + mean
 
 
 # ----------------------------------------------------------------------------------------------

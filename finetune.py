@@ -20,15 +20,10 @@ As in PySlowFast's classification heads, dropout 0.5 comes before the linear cla
 import argparse
 import os
 
-import torch
-
+import engine
 import utils
 
-utils.register_torchvision_fallbacks()
-
-import eval_linear  # noqa: E402
-
-# Section 4.2 settings per data set (UCF101 and HMDB51 share theirs).
+# Section 4.2 settings per data set (UCF101 and HMDB51 share theirs); batch_size is the global batch.
 PAPER_DEFAULTS = {
     "ucf": dict(epochs=196, batch_size=128, lr=0.0025, warmup_epochs=0.0, warmup_start_lr=0.0,
                 weight_decay=0.0, test_clips=10, test_crops=3, num_frames=8, stride=8, crop_size=224,
@@ -50,7 +45,7 @@ def paper_defaults(dataset):
 def get_args_parser():
     p = argparse.ArgumentParser("iboot fine-tuning (UCF101, HMDB51, SSv2)", add_help=True,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    eval_linear.add_common_args(p, PAPER_DEFAULTS["ucf"])
+    engine.add_eval_args(p, PAPER_DEFAULTS["ucf"])
     p.set_defaults(dataset="ucf101", data_root="data/ucf101")
     p.add_argument("--split", default="1", choices=["1", "2", "3", "all"],
                    help="official train/test split of UCF101/HMDB51; 'all' averages the three (Table 10)")
@@ -71,37 +66,13 @@ def splits_of(args):
     return [int(args.split)]
 
 
-def finetune_once(args, device, official_split, output_dir, train_subset=None):
-    """Fine-tune a fresh copy of --pretrained on one split and test it. Returns the test metrics.
-
-    train_subset: indices of the training videos to use (semisup.py's labelled fraction)."""
-    hflip = not (args.no_flip or args.dataset == "ssv2")
-    train_set = eval_linear.build_split(args, "train", "train", official_split=official_split, hflip=hflip)
-    test_set = eval_linear.build_split(args, "val", "test", official_split=official_split)
-    num_classes = eval_linear.num_classes_of(train_set)
-    if train_subset is not None:
-        train_set = torch.utils.data.Subset(train_set, train_subset)
-    encoder = eval_linear.load_backbone(args)
-    utils.save_args(args, output_dir)  # after load_backbone, which fills arch and the record fields
-    torch.manual_seed(args.seed)  # the same head initialisation on every process
-    model = eval_linear.VideoClassifier(encoder, num_classes, dropout=args.dropout)
-    utils.print_main(f"fine-tuning | {args.arch} from {args.pretrained} | {args.dataset} split {official_split} | "
-                     f"{len(train_set)} train / {len(test_set)} test videos | {utils.get_world_size()} "
-                     f"process(es) on {device} | batch {args.batch_size} | lr {args.lr} | {args.epochs} epochs | "
-                     f"T={args.num_frames} | flip {hflip} | test {args.test_clips}x{args.test_crops} views")
-    run_args = argparse.Namespace(**vars(args))
-    run_args.output_dir = output_dir
-    return eval_linear.train_classifier(model, train_set, test_set, run_args, device)
-
-
 def main(args):
-    device = eval_linear.prepare_run(args, paper_defaults(args.dataset), SYNTHETIC_DEFAULTS)
     splits = splits_of(args)
+    device = engine.prepare_eval(args, paper_defaults(args.dataset), SYNTHETIC_DEFAULTS)
     per_split = {}
     for split in splits:
         out = args.output_dir if len(splits) == 1 else os.path.join(args.output_dir, f"split{split}")
-        metrics = finetune_once(args, device, split, out)
-        per_split[split] = metrics
+        metrics = per_split[split] = engine.finetune(args, device, split, out)
         utils.print_main(f"fine-tuning on {args.dataset} split {split} ({args.test_clips}x{args.test_crops} "
                          f"views, {metrics['num_videos']} videos): top-1 {metrics['top1']:.2f}% | "
                          f"top-5 {metrics['top5']:.2f}%")
@@ -110,10 +81,10 @@ def main(args):
     if len(splits) > 1:
         utils.print_main(f"fine-tuning on {args.dataset}, mean of splits {splits}: top-1 {top1:.2f}% | "
                          f"top-5 {top5:.2f}%")
-    record = eval_linear.write_eval_record(
+    record = engine.write_eval_record(
         args, "finetune", args.split, top1, top5=top5, num_frames=args.num_frames,
         views=f"{args.test_clips}x{args.test_crops}",
-        per_split={str(s): dict(top1=m["top1"], top5=m["top5"], num_videos=m["num_videos"])
+        per_split={str(s): {k: m[k] for k in ("top1", "top5", "best_top1", "best_epoch", "num_videos")}
                    for s, m in per_split.items()})
     utils.cleanup_distributed()
     return record

@@ -10,7 +10,7 @@ rhoBYOL baseline (Feichtenhofer et al. CVPR 2021, as in PySlowFast).
   extra momentum-encoder SSL loss (Table 3).
 - `RhoBYOL(encoder, rho clips)`: online encoder + projector + predictor against an EMA target
   (encoder + projector), loss over every ordered pair of clips (Tables 1 and 9).
-- `momentum_schedule`, `ema_update`, `trainable_state`.
+- `momentum_schedule`, `ema_update`.
 
 Both objectives return dict(loss=scalar, **terms for logging), take `update_momentum(progress)` before
 and `after_step()` (EMA update) after each optimizer step, and expose `checkpoint_state()` /
@@ -22,6 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+import augment
 
 
 def regression_loss(online, target):
@@ -52,13 +54,6 @@ def mlp_head(dim_in, hidden, dim_out):
     Linear (no bias, BN follows) -> BN -> ReLU -> Linear (bias), no BN after the last layer."""
     return nn.Sequential(nn.Linear(dim_in, hidden, bias=False), nn.BatchNorm1d(hidden),
                          nn.ReLU(inplace=True), nn.Linear(hidden, dim_out))
-
-
-def default_student_normalize(x):
-    """PySlowFast Kinetics normalisation of the online input, from augment.py (imported at call time
-    so this module does not need augment to be importable)."""
-    import augment
-    return augment.normalize(x, augment.STUDENT_MEAN, augment.STUDENT_STD)
 
 
 def _check_clips(clips, min_clips, who):
@@ -144,7 +139,7 @@ class IBoot(nn.Module, _MomentumMixin):
         self.heads = nn.ModuleList([nn.Linear(encoder.feat_dim, t.dim) for t in self.teachers])
         self.temporal_pool = temporal_pool
         self.extra_ssl = extra_ssl
-        self.input_norm = input_norm or default_student_normalize
+        self.input_norm = input_norm or augment.student_input
         self.momentum = 1.0
         if extra_ssl:
             # Table 3: a momentum copy of the online branch as an extra target. The paper gives no
@@ -260,7 +255,7 @@ class RhoBYOL(nn.Module, _MomentumMixin):
     def __init__(self, encoder, momentum=0.996, proj_hidden=4096, proj_dim=256, input_norm=None):
         super().__init__()
         self.encoder = encoder
-        self.input_norm = input_norm or default_student_normalize
+        self.input_norm = input_norm or augment.student_input
         self._build_momentum_branch(encoder.feat_dim, proj_hidden, proj_dim, momentum)
 
     @property
@@ -299,7 +294,3 @@ class RhoBYOL(nn.Module, _MomentumMixin):
         self.heads.load_state_dict(d["heads"])
         self._ema_modules().load_state_dict(d["ema"])
 
-
-def trainable_state(objective):
-    """What pretrain.py checkpoints: {"encoder", "heads", "ema"} (teachers are never saved)."""
-    return objective.checkpoint_state()

@@ -36,20 +36,23 @@ initialisation from 2D ImageNet weights, and import of PySlowFast checkpoints.
 - `load_pyslowfast_state_dict(sd)`: PySlowFast names (s1.pathway0_stem.conv, s2.pathway0_res0.
   branch2.a ...) -> ours; accepts full checkpoints ("model_state"), SSL ("backbone.") and DDP
   ("module.") prefixes.
-- `load_encoder_weights(model, path_or_state_dict, fmt="auto")`: iboot / PySlowFast / torchvision 2D /
-  raw encoder state dicts.
-- `count_flops(model, input_shape)`: multiply-adds of conv and linear layers (forward hooks, run on
-  meta tensors so even slow_r50 at 8x256x256 costs no compute).
+- `pyslowfast_state_dict(sd)`: ours -> PySlowFast names (the export; the inverse of the import).
+- `load_encoder_weights(model, path_or_checkpoint, fmt="auto")`: iboot / PySlowFast / torchvision 2D /
+  raw encoder weights into a built encoder.
+- `load_pretrained(path_or_checkpoint, arch=None)`: the encoder of a pretrain.py checkpoint, built with
+  the architecture recorded in it (or of a PySlowFast / torchvision / raw file, given `arch`).
+- `count_flops(model, input_shape)`: multiply-adds (torch's FlopCounterMode, run on meta tensors so even
+  slow_r50 at 8x256x256 costs no compute).
 """
 import copy
-import math
 import os
 import re
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-import utils
+import checkpoint
 
 # PySlowFast BN settings (eps 1e-5, momentum 0.1 in PyTorch's convention): also PyTorch's defaults.
 BN_EPS = 1e-5
@@ -183,11 +186,6 @@ def build_encoder(name):
 # Weight import
 # ----------------------------------------------------------------------------------------------
 
-def _strip_prefix(sd, prefix):
-    """Remove `prefix` (e.g. DistributedDataParallel's "module.") from every key that has it."""
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
-
-
 def _check_and_complete(sd, model, source):
     """Raise a clear error on missing / unexpected / wrongly shaped keys. BN `num_batches_tracked`
     counters are filled from the model when a checkpoint lacks them (older PyTorch / PySlowFast)."""
@@ -226,7 +224,7 @@ def inflate_2d_state_dict(sd2d, model, mode="center", ignore_prefixes=("fc.",)):
     """
     if mode not in ("center", "mean"):
         raise ValueError(f"inflation mode must be 'center' or 'mean', got {mode!r}")
-    sd2d = _strip_prefix(dict(sd2d), "module.")
+    sd2d = checkpoint.strip_prefix(dict(sd2d), "module.")
     sd2d = {k: v for k, v in sd2d.items() if not k.startswith(tuple(ignore_prefixes))}
     target = model.state_dict()
     out = {}
@@ -260,7 +258,7 @@ _PYSLOWFAST_PART = {"branch1": "downsample.0", "branch1_bn": "downsample.1",
 def _unwrap_pyslowfast(sd):
     if isinstance(sd, dict) and "model_state" in sd:
         sd = sd["model_state"]
-    sd = _strip_prefix(dict(sd), "module.")
+    sd = checkpoint.strip_prefix(dict(sd), "module.")
     if any(k.startswith("backbone.") for k in sd):
         # SSL ContrastiveModel: the online encoder lives under "backbone."; the momentum encoder
         # ("backbone_hist.") and the projection / prediction MLPs are not part of the encoder.
@@ -296,109 +294,93 @@ def load_pyslowfast_state_dict(sd):
     return out
 
 
-def _looks_pyslowfast(sd):
-    return any(re.match(r"^(module\.)?(backbone\.)?s1\.pathway0_stem\.", k) for k in sd)
+_OURS_STEM = re.compile(r"^(conv1|bn1)\.(.+)$")
+_OURS_BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.(downsample\.[01]|conv[123]|bn[123])\.(.+)$")
+_OURS_PART = {ours: theirs for theirs, ours in _PYSLOWFAST_PART.items()}
 
 
-def load_encoder_weights(model, path_or_state_dict, fmt="auto", inflate_mode="center"):
+def pyslowfast_state_dict(sd):
+    """Ours -> PySlowFast names (s1.pathway0_stem.conv, s2.pathway0_res0.branch2.a, ...): the inverse
+    of load_pyslowfast_state_dict, for exporting an encoder to PySlowFast."""
+    out = {}
+    for k, v in sd.items():
+        m = _OURS_STEM.match(k)
+        if m:
+            out[f"s1.pathway0_stem.{'conv' if m.group(1) == 'conv1' else 'bn'}.{m.group(2)}"] = v
+            continue
+        m = _OURS_BLOCK.match(k)
+        if not m:
+            raise ValueError(f"encoder key {k!r} has no PySlowFast name")
+        layer, block, part, leaf = m.groups()
+        out[f"s{int(layer) + 1}.pathway0_res{block}.{_OURS_PART[part]}.{leaf}"] = v
+    return out
+
+
+def load_encoder_weights(model, path_or_checkpoint, fmt="auto", inflate_mode="center"):
     """Load encoder weights into `model` (in place). fmt: "auto", "iboot" (a pretrain.py checkpoint,
     weights under "encoder"), "pyslowfast", "torchvision" (2D ResNet, inflated) or "raw" (our own
-    state dict). Returns (missing, unexpected) key lists, both empty: anything else raises a
-    ValueError that names the source."""
-    formats = ("auto", "iboot", "pyslowfast", "torchvision", "raw")
-    if fmt not in formats:
-        raise ValueError(f"unknown weights format {fmt!r}; choose from {formats}")
-    if isinstance(path_or_state_dict, (str, os.PathLike)):
-        source = str(path_or_state_dict)
-        obj = utils.load_checkpoint(source)  # FileNotFoundError / ValueError naming the file
+    state dict). Anything but an exact match of every tensor raises a ValueError naming the source."""
+    if fmt not in checkpoint.FORMATS:
+        raise ValueError(f"unknown weights format {fmt!r}; choose from {checkpoint.FORMATS}")
+    if isinstance(path_or_checkpoint, (str, os.PathLike)):
+        source = str(path_or_checkpoint)
+        obj = checkpoint.load(source)  # FileNotFoundError / ValueError naming the file
     else:
-        source, obj = "state dict", path_or_state_dict
-    if not isinstance(obj, dict):
-        raise ValueError(f"{source}: expected a checkpoint dict or a state dict, got {type(obj).__name__}")
-
+        source, obj = "state dict", path_or_checkpoint
     if fmt == "auto":
-        if "encoder" in obj and isinstance(obj["encoder"], dict):
-            fmt = "iboot"
-        elif "model_state" in obj or _looks_pyslowfast(obj):
-            fmt = "pyslowfast"
-        else:
-            sd = obj.get("state_dict", obj.get("model", obj))
-            sd = _strip_prefix(dict(sd), "module.") if isinstance(sd, dict) else {}
-            w = sd.get("conv1.weight")
-            if torch.is_tensor(w) and w.dim() == 4:
-                fmt = "torchvision"
-            elif torch.is_tensor(w) and w.dim() == 5:
-                fmt = "raw"
-            else:
-                raise ValueError(f"{source}: unknown weights format (not an iboot checkpoint, a "
-                                 f"PySlowFast checkpoint, a torchvision 2D ResNet or a SlowResNet "
-                                 f"state dict); first keys: {list(obj)[:5]}")
-
+        fmt = checkpoint.detect_format(obj, source)
     if fmt == "iboot":
-        if "encoder" not in obj:
+        if not isinstance(obj, dict) or "encoder" not in obj:
             raise ValueError(f"{source}: not an iboot checkpoint (no 'encoder' key)")
-        sd = _strip_prefix(dict(obj["encoder"]), "module.")
+        sd = checkpoint.strip_prefix(dict(obj["encoder"]), "module.")
     elif fmt == "pyslowfast":
         sd = load_pyslowfast_state_dict(obj)
         if not sd:
             raise ValueError(f"{source}: no PySlowFast backbone weights (s1.pathway0_stem...) found")
     else:
-        sd = obj.get("state_dict", obj.get("model", obj))
-        sd = _strip_prefix(dict(sd), "module.")
+        sd = checkpoint.plain_state_dict(obj)
         if fmt == "torchvision":
             try:
                 sd = inflate_2d_state_dict(sd, model, mode=inflate_mode)
             except ValueError as e:
                 raise ValueError(f"{source}: {e}") from e
-    sd = _check_and_complete(sd, model, source)
-    result = model.load_state_dict(sd, strict=True)
-    return list(result.missing_keys), list(result.unexpected_keys)
+    model.load_state_dict(_check_and_complete(sd, model, source), strict=True)
+
+
+def load_pretrained(path_or_checkpoint, arch=None, fmt="auto", inflate_mode="center"):
+    """The encoder in a weights file, ready to use:
+
+        encoder = models.load_pretrained("runs/iboot_clip/checkpoint.pth")   # arch read from the file
+        features = encoder(clips)                                            # (N, 2048, T)
+
+    A pretrain.py checkpoint records its architecture ("encoder_name"); an `arch` that disagrees with
+    it is an error. PySlowFast, torchvision (inflated) and raw state dicts need `arch`."""
+    obj = path_or_checkpoint
+    source = str(obj) if isinstance(obj, (str, os.PathLike)) else "checkpoint"
+    if isinstance(obj, (str, os.PathLike)):
+        obj = checkpoint.load(source)
+    recorded = obj.get("encoder_name") if isinstance(obj, dict) else None
+    if recorded and arch and recorded != arch:
+        raise ValueError(f"--arch {arch}: {source} holds a {recorded} encoder; drop --arch or pass --arch {recorded}")
+    arch = recorded or arch
+    if arch is None:
+        raise ValueError(f"{source} does not record its architecture: pass --arch ({', '.join(ENCODERS)})")
+    encoder = build_encoder(arch)
+    load_encoder_weights(encoder, obj, fmt=fmt, inflate_mode=inflate_mode)
+    return encoder
 
 
 # ----------------------------------------------------------------------------------------------
 # FLOPs
 # ----------------------------------------------------------------------------------------------
 
-def _macs_hook(counter):
-    def hook(module, inputs, output):
-        if isinstance(module, nn.MultiheadAttention):
-            # Its forward uses in_proj_weight and out_proj.weight directly (no Linear call to hook):
-            # count the four E x E projections of every token; the attention matmuls themselves are
-            # left out, as they are for timm's attention (about 4% of a ViT-B/16 at 197 tokens).
-            tokens = inputs[0].shape[:-1].numel()
-            counter[0] += 4 * tokens * module.embed_dim * module.embed_dim
-        elif isinstance(module, nn.Linear):
-            counter[0] += output.numel() * module.in_features
-        else:  # Conv1d/2d/3d: each output element costs (in / groups) * kernel volume MACs
-            k = math.prod(module.kernel_size)
-            counter[0] += output.numel() * (module.in_channels // module.groups) * k
-    return hook
-
-
-def _count_macs(model, input_shape, device):
-    counter = [0]
-    was_training = model.training
-    model.eval()
-    handles = [m.register_forward_hook(_macs_hook(counter)) for m in model.modules()
-               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.MultiheadAttention))]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(input_shape, device=device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return counter[0]
-
-
 def count_flops(model, input_shape):
-    """Multiply-adds of every Conv1d/2d/3d and Linear layer for one forward of a float input of
-    `input_shape` (batch included). Biases, BN, activations and pooling are not counted: the
-    convention of the published "GFLOPs" of SlowFast / PyTorchVideo. A copy of the model runs on
-    the meta device, so nothing is computed; a model with ops that meta tensors cannot run falls
-    back to a real no-grad forward on its own device."""
-    try:
-        return _count_macs(copy.deepcopy(model).to("meta"), input_shape, torch.device("meta"))
-    except Exception:  # noqa: BLE001 - any failure of the meta shortcut: do the real forward
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        return _count_macs(model, input_shape, device)
+    """Multiply-adds of one forward of a float input of `input_shape` (batch included): every matrix
+    product and convolution, attention matmuls included, as torch's FlopCounterMode counts them (it
+    reports FLOPs = 2 x multiply-adds). Biases, BN, activations and pooling are not counted: the
+    convention of the published "GFLOPs" of SlowFast / PyTorchVideo. A copy of the model runs on the
+    meta device, so nothing is computed."""
+    meta = copy.deepcopy(model).to("meta").eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        meta(torch.zeros(input_shape, device="meta"))
+    return counter.get_total_flops() // 2

@@ -21,15 +21,11 @@ from collections import defaultdict
 
 import numpy as np
 
+import engine
 import utils
 
-utils.register_torchvision_fallbacks()
-
-import eval_linear  # noqa: E402
-import finetune  # noqa: E402
-
-PAPER_DEFAULTS = dict(eval_linear.PAPER_DEFAULTS, lr=0.01)
-SYNTHETIC_DEFAULTS = dict(eval_linear.SYNTHETIC_DEFAULTS, lr=0.01)
+PAPER_DEFAULTS = dict(engine.LINEAR_PROTOCOL, lr=0.01)
+SYNTHETIC_DEFAULTS = dict(engine.LINEAR_PROTOCOL_SYNTHETIC, lr=0.01)
 
 
 def sample_label_subset(labels, percent, seed):
@@ -77,7 +73,7 @@ def load_or_draw_subset(path, labels, percent, seed, video_names=None):
 def get_args_parser():
     p = argparse.ArgumentParser("iboot semi-supervised K400 (1% / 10% labels)", add_help=True,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    eval_linear.add_common_args(p, PAPER_DEFAULTS)
+    engine.add_eval_args(p, PAPER_DEFAULTS)
     p.add_argument("--fraction", type=float, default=1.0, help="percent of the training videos per class (1 or 10)")
     p.add_argument("--subset_seed", type=int, default=0, help="seed of the drawn subset")
     p.add_argument("--subset_dir", default="splits", help="where the drawn subsets are written and read back")
@@ -92,23 +88,24 @@ def subset_path(args):
 
 
 def main(args):
-    device = eval_linear.prepare_run(args, PAPER_DEFAULTS, SYNTHETIC_DEFAULTS)
-    full_train = eval_linear.build_split(args, "train", "train")
+    device = engine.prepare_eval(args, PAPER_DEFAULTS, SYNTHETIC_DEFAULTS)
+    full_train = engine.build_split(args, "train", "train")
+    labels, names = engine.labels_of(full_train), [path for path, _ in full_train.videos]
     path = subset_path(args)
     if utils.is_main_process():
-        load_or_draw_subset(path, eval_linear.labels_of(full_train), args.fraction, args.subset_seed,
-                            eval_linear.video_names_of(full_train))
+        load_or_draw_subset(path, labels, args.fraction, args.subset_seed, names)
     utils.barrier()
-    indices = load_or_draw_subset(path, eval_linear.labels_of(full_train), args.fraction, args.subset_seed)
+    indices = load_or_draw_subset(path, labels, args.fraction, args.subset_seed)
     utils.print_main(f"semi-supervised: {len(indices)} of {len(full_train)} training videos "
                      f"({args.fraction:g}% per class, seed {args.subset_seed}) listed in {path}")
-    metrics = finetune.finetune_once(args, device, 1, args.output_dir, train_subset=indices)
+    metrics = engine.finetune(args, device, 1, args.output_dir, train_subset=indices)
     utils.print_main(f"semi-supervised {args.fraction:g}% on {args.dataset} val ({args.test_clips}x"
                      f"{args.test_crops} views, {metrics['num_videos']} videos): top-1 {metrics['top1']:.2f}% | "
                      f"top-5 {metrics['top5']:.2f}%")
-    record = eval_linear.write_eval_record(args, "semisup", "val", metrics["top1"], top5=metrics["top5"],
-                                           label_fraction=args.fraction, num_labelled=len(indices),
-                                           subset_file=path, num_videos=metrics["num_videos"])
+    record = engine.write_eval_record(args, "semisup", "val", metrics["top1"], top5=metrics["top5"],
+                                      best_top1=metrics["best_top1"], best_epoch=metrics["best_epoch"],
+                                      label_fraction=args.fraction, num_labelled=len(indices),
+                                      subset_file=path, num_videos=metrics["num_videos"])
     utils.cleanup_distributed()
     return record
 

@@ -28,10 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import checkpoint
 import models
-import utils
-
-utils.register_torchvision_fallbacks()
+import utils  # before timm: importing utils registers the torchvision fallback timm needs
 import timm  # noqa: E402
 
 TEACHERS = ("clip_vit_b16", "dino_vit_s16", "dino_vit_b16", "deit_b16", "swav_r50w2", "efficientnet_lite0")
@@ -196,13 +195,8 @@ def load_swav_state_dict(sd):
     projection head and prototypes (not part of the features the paper uses)."""
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
-    out = {}
-    for k, v in sd.items():
-        k = k[len("module."):] if k.startswith("module.") else k
-        if k.startswith(("projection_head", "prototypes")):
-            continue
-        out[k] = v
-    return out
+    return {k: v for k, v in checkpoint.strip_prefix(sd, "module.").items()
+            if not k.startswith(("projection_head", "prototypes"))}
 
 
 def _swav_teacher(name, weights):

@@ -1,16 +1,21 @@
-"""Shared helpers: torchvision import fallback, distributed setup, logging, atomic checkpoints.
+"""Shared helpers of every script, as in DINO's utils.py: the torchvision fallback, distributed
+set-up, seeds, run set-up (defaults banner, config record), precision, progress and JSON logs, the
+command-line wrapper and the learning-rate schedule. Checkpoints live in checkpoint.py.
 
-Everything here is used by more than one script (pretrain.py and the evaluation scripts), so it
-lives in one place, as in DINO's utils.py.
+Importing this module registers the torchvision fallback, so every module that imports timm or
+open_clip imports utils first.
 """
+import contextlib
 import datetime
 import glob
+import importlib.metadata
 import importlib.util
 import json
 import os
 import random
+import shlex
+import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -83,6 +88,9 @@ def register_torchvision_fallbacks():
         lib.impl("nms", _nms_reference, key)
     _TORCHVISION_FALLBACK_LIB = lib
     return True
+
+
+register_torchvision_fallbacks()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,6 +167,15 @@ def all_gather_variable(tensor):
     return torch.cat([g[:n] for g, n in zip(gathered, sizes)])
 
 
+def gather_objects(obj):
+    """A list with every rank's picklable object (rank order); [obj] without torchrun."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def cleanup_distributed():
     if is_distributed():
         dist.destroy_process_group()
@@ -171,34 +188,8 @@ def seed_everything(seed):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: written to a temporary file in the same folder, then renamed, so a crash at any
-# moment leaves either the old checkpoint or the new one, never a truncated file.
+# Random state (saved in checkpoints so that a resumed run replays what the interrupted one would have)
 # ----------------------------------------------------------------------------------------------
-
-def save_checkpoint(obj, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def load_checkpoint(path, map_location="cpu"):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # a foreign or damaged file: say which one
-        raise ValueError(f"could not read checkpoint {path}: {e}") from e
-
 
 def get_random_state():
     return {"python": random.getstate(), "numpy": np.random.get_state(),
@@ -212,6 +203,99 @@ def set_random_state(state):
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Run set-up: defaults banner and the config record
+# ----------------------------------------------------------------------------------------------
+
+def apply_defaults(args, defaults, reason):
+    """Flags left at None take the value in `defaults` (the paper's, or the small synthetic ones), and
+    the run prints which ones, so a log always says what a run used. Returns what was filled."""
+    used = {}
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+            used[key] = value
+    if used:
+        print_main(f"defaults for {reason}: " + ", ".join(f"--{k} {v}" for k, v in used.items()))
+    return used
+
+
+def _git_commit():
+    """The commit of the code that runs ("+dirty" with uncommitted changes), or "unknown"."""
+    repo = os.path.dirname(os.path.abspath(__file__))
+    try:
+        run = lambda *cmd: subprocess.run(["git", "-C", repo, *cmd], capture_output=True, text=True,  # noqa: E731
+                                          timeout=10, check=True).stdout.strip()
+        return run("rev-parse", "HEAD") + ("+dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def run_environment():
+    """What, besides the flags, a run needs to be repeated: code, packages, command line, processes."""
+    return dict(git_commit=_git_commit(), command=shlex.join([sys.executable] + sys.argv),
+                world_size=get_world_size(), python=sys.version.split()[0],
+                versions={p: _version(p) for p in ("torch", "torchvision", "timm", "open_clip_torch", "av",
+                                                   "numpy")})
+
+
+def save_config(args, output_dir, name="config.json"):
+    """config.json beside the checkpoints: every flag, plus run_environment() under "environment"."""
+    if is_main_process():
+        os.makedirs(output_dir, exist_ok=True)
+        record = dict(vars(args), environment=run_environment())
+        with open(os.path.join(output_dir, name), "w") as f:
+            json.dump(record, f, indent=2, sort_keys=True, default=str)
+
+
+# ----------------------------------------------------------------------------------------------
+# Precision: --precision means the same in every script and on every device that supports it
+# ----------------------------------------------------------------------------------------------
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_precision(flag, device):
+    """"auto" is bf16 on a GPU that supports it and fp32 elsewhere (a CPU without bf16 units runs
+    bf16 slower than fp32); bf16/fp16/fp32 are taken as given on every device."""
+    if flag not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {flag!r}")
+    if flag != "auto":
+        return flag
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def check_training_precision(device, precision, num_frames):
+    """Refuse the one combination where the CPU's bf16 gives wrong gradients: in torch 2.13 the CPU
+    bf16 Conv3d weight gradient is garbage (inf, NaN, 1e35) for clips of exactly 2 frames through a
+    temporal kernel of 3 (the Slow networks' res4 and res5), while the forward pass, the input
+    gradient, fp16 and every other frame count are right (measured; tests/test_utils.py keeps a
+    canary that fails once torch fixes it). Call it where the encoder is trained."""
+    if device.type == "cpu" and precision == "bf16" and num_frames == 2:
+        raise ValueError("--precision bf16 with --num_frames 2 on the CPU: torch's CPU bf16 Conv3d weight gradient "
+                         "is wrong for 2-frame clips (inf/NaN); use --num_frames 3 or more, or --precision fp32")
+
+
+def autocast(device, precision):
+    """Autocast context for a resolved precision; fp32 runs without autocast."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_DTYPES[precision])
+
+
+def grad_scaler(device, precision):
+    """Loss scaling for fp16 (bf16 and fp32 need none): a GradScaler that is a no-op otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,23 +318,39 @@ class JsonlLogger:
             f.write(json.dumps(record) + "\n")
 
 
-def fill_unset(args, defaults):
-    """Flags left at None take the value in `defaults` (the paper's, or the small synthetic ones);
-    returns what was filled, so the script can print it."""
-    used = {}
-    for key, value in defaults.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-            used[key] = value
-    return used
-
-
-def save_args(args, output_dir, name="config.json"):
-    """The full configuration, beside the checkpoints, so a run can be read back and repeated."""
+def print_main(*args, **kwargs):
     if is_main_process():
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, name), "w") as f:
-            json.dump(vars(args), f, indent=2, sort_keys=True, default=str)
+        print(*args, **kwargs, flush=True)
+
+
+class Progress:
+    """Progress of a loop on rank 0: a tqdm bar when stderr is a terminal; otherwise (a SLURM .out
+    file, a pipe) one plain line every `log_every` steps and at the end, with no carriage returns."""
+
+    def __init__(self, total, desc, log_every=10):
+        self.total, self.desc, self.log_every, self.n, self.info = total, desc, max(1, log_every), 0, {}
+        self.t0 = time.time()
+        self.active = is_main_process()
+        self.bar = None
+        if self.active and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False, mininterval=1.0)
+
+    def update(self, **info):
+        self.n += 1
+        self.info = info
+        if self.bar is not None:
+            self.bar.set_postfix(**info, refresh=False)
+            self.bar.update(1)
+        elif self.active and (self.n % self.log_every == 0 or self.n == self.total):
+            rate = self.n / max(time.time() - self.t0, 1e-9)
+            eta = (self.total - self.n) / max(rate, 1e-9)
+            fields = "".join(f" {k} {v}" for k, v in info.items())
+            print(f"{self.desc} [{self.n}/{self.total}]{fields} | {rate:.2f} it/s, eta {eta:.0f} s", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def write_result(results_dir, record):
@@ -271,6 +371,10 @@ def write_result(results_dir, record):
     return path
 
 
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
 class SetupError(RuntimeError):
     """Something the user must fix outside the code (e.g. teacher weights that cannot be fetched
     offline); the message names the flag that fixes it."""
@@ -284,12 +388,6 @@ def run_cli(main, parser):
     except (ValueError, FileNotFoundError, SetupError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-
-
-def print_main(*args, **kwargs):
-    if is_main_process():
-        print(*args, **kwargs, flush=True)
-        sys.stdout.flush()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,31 +410,3 @@ def warmup_cosine_lr(step, total_steps, warmup_steps, base_lr, warmup_start_lr=0
 def set_lr(optimizer, lr):
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
-
-
-def gather_objects(obj):
-    """A list with every rank's picklable object (rank order); [obj] without torchrun."""
-    if not is_distributed():
-        return [obj]
-    out = [None] * get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def set_postfix(self, **kwargs):
-        pass
-
-    def close(self):
-        pass
-
-
-def progress_bar(total, desc):
-    """tqdm with ETA on rank 0 only; other ranks print nothing."""
-    if not is_main_process():
-        return _NoBar()
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False, mininterval=1.0)

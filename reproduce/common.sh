@@ -86,6 +86,16 @@ per_gpu() {
     echo "$b"
 }
 
+# eval_batch GLOBAL_BATCH: the per-GPU batch of an evaluation that keeps the paper's global batch
+# (64 or 128 videos) on $WORLD_SIZE GPUs; the evaluation scripts take the batch per GPU.
+eval_batch() {
+    local global=$1
+    if (( global % WORLD_SIZE )); then
+        echo "error: the paper's evaluation batch $global does not divide over $WORLD_SIZE GPUs" >&2; exit 2
+    fi
+    echo $((global / WORLD_SIZE))
+}
+
 # teacher_weights TEACHERS ("a" or "a+b"): --teacher_weights for pretrain.py, or nothing.
 teacher_weights() {
     local spec=$1 out="" n_set=0 n=0 t var w
@@ -111,7 +121,8 @@ SMOKE_PRETRAIN=(--dataset synthetic --data_root "$SMOKE_DATA" --arch slow_tiny -
                 --stride 4 --epochs 2 --max_iters_per_epoch 1 --batch_size_per_gpu 2 --warmup_epochs 0
                 --num_workers 0 --device cpu --knn_eval no --saveckp_freq 1 --log_every 1)
 SMOKE_EVAL=(--dataset synthetic --data_root "$SMOKE_DATA" --crop_size 32 --num_frames 2 --stride 4
-            --epochs 1 --max_iters_per_epoch 2 --batch_size 4 --num_workers 0 --device cpu)
+            --batch_size_per_gpu 4 --num_workers 0 --device cpu)
+SMOKE_TRAINING=(--epochs 1 --max_iters_per_epoch 2 --test_clips 1 --test_crops 1)  # linear, fine-tuning, semi-sup.
 
 # pretrain NAME EPOCHS GLOBAL_BATCH DATASET_ROOT PRETRAIN_FLAGS...
 #   Trains $RUNS/NAME unless it is finished already (the shared-run reuse).
@@ -172,26 +183,27 @@ evaluate() {
     local script flags
     case "$ev" in
         knn|knn_e*) script=eval_knn.py
-            flags=(--dataset kinetics --data_root "$K400" --nb_knn 20 --batch_size 64) ;;
+            flags=(--dataset kinetics --data_root "$K400" --nb_knn 20 --batch_size_per_gpu "$(eval_batch 64)") ;;
         ucf_s1|ucf_avg) script=finetune.py
             flags=(--dataset ucf101 --data_root "$UCF101" --split "$([[ $ev == ucf_avg ]] && echo all || echo 1)"
-                   --epochs 196 --batch_size 128 --lr 0.0025 --test_clips 10 --test_crops 3) ;;
+                   --epochs 196 --batch_size_per_gpu "$(eval_batch 128)" --lr 0.0025 --test_clips 10 --test_crops 3) ;;
         hmdb_s1) script=finetune.py
             flags=(--dataset hmdb51 --data_root "$HMDB51" --split 1
-                   --epochs 196 --batch_size 128 --lr 0.0025 --test_clips 10 --test_crops 3) ;;
+                   --epochs 196 --batch_size_per_gpu "$(eval_batch 128)" --lr 0.0025 --test_clips 10 --test_crops 3) ;;
         ssv2|ssv2_3v|ssv2_16x8) script=finetune.py
             # Table 5 tests 1 view (the paper follows [19]); Table 10 reports "3 v" (3 clips x 1 crop,
             # as finetune.py reads it) at 8x8 and at 16x8 frames.
             local views=(--test_clips 1 --test_crops 1)
             [[ "$ev" != ssv2 ]] && views=(--test_clips 3 --test_crops 1)
-            flags=(--dataset ssv2 --data_root "$SSV2" --epochs 40 --batch_size 64 --lr 0.15 "${views[@]}")
+            flags=(--dataset ssv2 --data_root "$SSV2" --epochs 40 --batch_size_per_gpu "$(eval_batch 64)" --lr 0.15
+                   "${views[@]}")
             [[ "$ev" == ssv2_16x8 ]] && flags+=(--num_frames 16) ;;
         linear) script=eval_linear.py
-            flags=(--dataset kinetics --data_root "$K400" --epochs 100 --batch_size 64 --lr 1.0
-                   --test_clips 10 --test_crops 3) ;;
+            flags=(--dataset kinetics --data_root "$K400" --epochs 100 --batch_size_per_gpu "$(eval_batch 64)"
+                   --lr 1.0 --test_clips 10 --test_crops 3) ;;
         semi1|semi10) script=semisup.py
-            flags=(--dataset kinetics --data_root "$K400" --fraction "${ev#semi}" --subset_dir "$RUNS/splits" --epochs 100 --batch_size 64
-                   --lr 0.01 --test_clips 10 --test_crops 3) ;;
+            flags=(--dataset kinetics --data_root "$K400" --fraction "${ev#semi}" --subset_dir "$RUNS/splits"
+                   --epochs 100 --batch_size_per_gpu "$(eval_batch 64)" --lr 0.01 --test_clips 10 --test_crops 3) ;;
         *) echo "error: unknown evaluation '$ev'" >&2; exit 2 ;;
     esac
     if [[ "$weights" == "" ]]; then
@@ -202,7 +214,7 @@ evaluate() {
                 --results_dir "$RESULTS" --output_dir "$RUNS/$name/evals/$ev" "${flags[@]}" $(meta_flags "$name"))
     if [[ "$SMOKE" == 1 ]]; then
         args+=("${SMOKE_EVAL[@]}" --arch slow_tiny)
-        [[ "$script" == finetune.py || "$script" == eval_linear.py || "$script" == semisup.py ]] && args+=(--test_clips 1 --test_crops 1)
+        [[ "$script" != eval_knn.py ]] && args+=("${SMOKE_TRAINING[@]}")
         # The synthetic set has no official splits: the 3-split average runs as split 1.
         [[ "$script" == finetune.py ]] && args+=(--split 1)
     fi
@@ -239,8 +251,6 @@ smoke_2d_init() {
         mkdir -p "$RUNS"
         "$PYTHON" - "$path" <<'EOF'
 import sys, torch
-import utils
-utils.register_torchvision_fallbacks()
 import models
 sd3d = models.build_encoder("slow_tiny").state_dict()
 # 3D kernels (O, I, t, k, k) -> 2D (O, I, k, k): what an ImageNet ResNet of this shape would hold.

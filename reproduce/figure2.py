@@ -19,34 +19,33 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import utils  # noqa: E402
-
-utils.register_torchvision_fallbacks()
+import augment  # noqa: E402
 import teachers  # noqa: E402
+import utils  # noqa: E402
+import video  # noqa: E402
 
 DEFAULT_VIDEO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
                                  "surveillance-fight")
 
 
 def read_frames(path, num_frames, size):
-    """num_frames frames spread evenly over the video, short side resized to size, centre-cropped:
-    uint8 (num_frames, size, size, 3)."""
-    import av
+    """num_frames frames spread evenly over the video (video.read_frames decodes up to the last of them
+    only), short side resized to size, centre-cropped: uint8 (num_frames, size, size, 3)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--video {path}: no such file")
-    with av.open(path) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    if not frames:
-        raise ValueError(f"--video {path}: no decodable frames")
-    picks = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)
-    clip = torch.from_numpy(np.stack([frames[i] for i in picks])).permute(0, 3, 1, 2).float()
-    h, w = clip.shape[-2:]
-    scale = size / min(h, w)
-    clip = F.interpolate(clip, size=(max(size, round(h * scale)), max(size, round(w * scale))),
-                         mode="bilinear", align_corners=False)
-    top, left = (clip.shape[-2] - size) // 2, (clip.shape[-1] - size) // 2
-    clip = clip[..., top:top + size, left:left + size]
-    return clip.clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
+    picks = []
+
+    def plan(info):
+        picks[:] = np.linspace(0, max(info.num_frames - 1, 0), num_frames).round().astype(int)
+        return np.unique(picks)
+
+    try:
+        _, decoded = video.read_frames(path, plan)
+    except video.DECODE_ERRORS as e:
+        raise ValueError(f"--video {path}: cannot be decoded ({type(e).__name__}: {e})") from None
+    frames = [decoded[i] for i in picks]
+    box = augment.uniform_crop_boxes(*frames[0].shape[:2], size, 1)[0]
+    return augment.crop_resize(frames, box, size).permute(1, 2, 3, 0).numpy()
 
 
 def synthetic_frames(num_frames, size, seed=0):
@@ -119,8 +118,8 @@ def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--teacher", default="dino_vit_b16", help="a ViT teacher name (teachers.py)")
     p.add_argument("--teacher_weights", default=None,
-                   help="weights file; 'random' for random init (offline). Unset: the teacher's own "
-                        "download, or random init when HF_HUB_OFFLINE=1")
+                   help="weights file, or 'random' for random init (the maps then mean nothing; the title "
+                        "says so). Unset: the teacher's public weights (hub or local cache)")
     p.add_argument("--video", default=None, help="an mp4 (default: a surveillance-fight clip), or 'synthetic'")
     p.add_argument("--num_frames", type=int, default=4, help="frames shown (rows)")
     p.add_argument("--size", type=int, default=224, help="frame crop shown and given to the teacher")
@@ -133,12 +132,9 @@ def main(args):
     if args.num_frames < 1:
         raise ValueError(f"--num_frames must be at least 1, got {args.num_frames}")
     weights = args.teacher_weights
-    if weights is None and os.environ.get("HF_HUB_OFFLINE") == "1":
-        print("HF_HUB_OFFLINE=1 and no --teacher_weights: random init (the maps will mean nothing)")
-        weights = "random"
-    video = args.video or default_video()
-    frames = synthetic_frames(args.num_frames, args.size) if video == "synthetic" else \
-        read_frames(video, args.num_frames, args.size)
+    source = args.video or default_video()
+    frames = synthetic_frames(args.num_frames, args.size) if source == "synthetic" else \
+        read_frames(source, args.num_frames, args.size)
     teacher = teachers.build_teacher(args.teacher, weights=weights)
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
     with torch.no_grad():
@@ -146,7 +142,7 @@ def main(args):
     if maps.dim() != 4 or maps.shape[0] != len(frames):
         raise ValueError(f"teachers.attention_maps returned shape {tuple(maps.shape)}, expected (N, heads, h, w)")
     origin = "RANDOM INIT (not pretrained)" if weights == "random" else (weights or "pretrained")
-    name = "synthetic video" if video == "synthetic" else os.path.basename(video)
+    name = "synthetic video" if source == "synthetic" else os.path.basename(source)
     title = (f"Figure 2: [CLS] attention, last layer of {args.teacher} ({origin}), {maps.shape[1]} heads, "
              f"{maps.shape[2]}x{maps.shape[3]} patches | {name}")
     attention_grid(frames, maps, title, args.out, args.max_heads)

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 import augment
 import utils
 
-utils.register_torchvision_fallbacks()
 import torchvision.transforms.functional as TF  # noqa: E402
 
 

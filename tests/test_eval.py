@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 import utils
 
-utils.register_torchvision_fallbacks()
 import augment  # noqa: E402
 import data  # noqa: E402
+import engine  # noqa: E402
 import eval_knn  # noqa: E402
 import eval_linear  # noqa: E402
 import finetune  # noqa: E402
@@ -51,10 +51,10 @@ def test_knn_equals_brute_force(k, chunk_size):
     train_y = torch.randint(0, 6, (40,), generator=g)
     test_f = F.normalize(torch.randn(13, 8, generator=g), dim=1)
     test_y = torch.randint(0, 6, (13,), generator=g)
-    scores = eval_knn.knn_scores(train_f, train_y, test_f, k, 6, chunk_size=chunk_size)
+    scores = engine.knn_scores(train_f, train_y, test_f, k, 6, chunk_size=chunk_size)
     ref = brute_force_knn_scores(train_f, train_y, test_f, k, 6)
     assert torch.allclose(scores.double(), ref, rtol=1e-4)
-    top1, top5 = eval_knn.knn_accuracy(train_f, train_y, test_f, test_y, k, 6, chunk_size=chunk_size)
+    top1, top5 = engine.knn_accuracy(train_f, train_y, test_f, test_y, k, 6, chunk_size=chunk_size)
     ref_top5 = ref.topk(5, dim=1).indices
     assert top1 == pytest.approx(100.0 * (ref.argmax(1) == test_y).float().mean().item())
     assert top5 == pytest.approx(100.0 * (ref_top5 == test_y[:, None]).any(1).float().mean().item())
@@ -67,7 +67,7 @@ def test_knn_votes_are_weighted_by_similarity():
     train = torch.tensor([[0.9, math.sqrt(1 - 0.81)], [0.5, math.sqrt(0.75)], [0.5, -math.sqrt(0.75)],
                           [-1.0, 0.0]])
     labels = torch.tensor([0, 1, 1, 1])
-    scores = eval_knn.knn_scores(train, labels, q, k=3, num_classes=2)
+    scores = engine.knn_scores(train, labels, q, k=3, num_classes=2)
     assert scores[0, 0].item() == pytest.approx(math.exp(0.9 / 0.07), rel=1e-4)
     assert scores[0, 1].item() == pytest.approx(2 * math.exp(0.5 / 0.07), rel=1e-4)
     assert scores.argmax(1).item() == 0
@@ -81,7 +81,7 @@ def test_aggregate_views_averages_softmax():
     # One confident view for class 0 against two moderate ones for class 1: the mean of the softmaxes
     # picks class 1, the mean of the logits would pick class 0.
     logits = torch.tensor([[[10.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 2.0, 0.0]]])
-    probs = eval_linear.aggregate_views(logits)
+    probs = engine.aggregate_views(logits)
     e = math.exp
     soft_a = [e(10) / (e(10) + 2), 1 / (e(10) + 2), 1 / (e(10) + 2)]
     soft_b = [1 / (e(2) + 2), e(2) / (e(2) + 2), 1 / (e(2) + 2)]
@@ -95,6 +95,7 @@ class ViewCodeDataset(torch.utils.data.Dataset):
 
     def __init__(self, num_videos, views, labels):
         self.num_videos, self.views, self.labels = num_videos, views, labels
+        self.views_per_video = views
 
     def __len__(self):
         return self.num_videos
@@ -128,12 +129,12 @@ def test_multiview_test_aggregates_the_views_of_each_video():
         for v in (1, 2):
             table[10 * i + v] = torch.zeros(3).index_fill_(0, torch.tensor([y]), 2.0)
     model = CodeLookup(table)
-    metrics = eval_linear.evaluate_multiview(model, ViewCodeDataset(num_videos, views, labels),
-                                             torch.device("cpu"), videos_per_step=2, num_workers=0)
+    args = argparse.Namespace(batch_size_per_gpu=2 * views, num_workers=0, precision="fp32", log_every=1)
+    metrics = engine.evaluate_multiview(model, ViewCodeDataset(num_videos, views, labels), torch.device("cpu"), args)
     assert metrics["top1"] == 100.0 and metrics["num_videos"] == num_videos
     # Only view 0 of each video: every answer wrong.
-    metrics = eval_linear.evaluate_multiview(model, ViewCodeDataset(num_videos, 1, labels),
-                                             torch.device("cpu"), videos_per_step=2, num_workers=0)
+    args.batch_size_per_gpu = 2
+    metrics = engine.evaluate_multiview(model, ViewCodeDataset(num_videos, 1, labels), torch.device("cpu"), args)
     assert metrics["top1"] == 0.0 and metrics["top5"] == 100.0
 
 
@@ -151,6 +152,7 @@ class SeparableClips(torch.utils.data.Dataset):
         for i, y in enumerate(self.labels):
             self.clips[i, :, y] += 155
         self.num_classes = num_classes
+        self.views_per_video = views
 
     def __len__(self):
         return len(self.labels)
@@ -172,9 +174,9 @@ class ChannelMeanEncoder(nn.Module):
 
 
 def probe_args(tmp_path, **kw):
-    args = dict(epochs=10, batch_size=16, lr=1.0, warmup_epochs=1.0, warmup_start_lr=0.0, weight_decay=0.0,
-                num_workers=0, seed=0, max_iters_per_epoch=0, test_clips=1, test_crops=1,
-                output_dir=str(tmp_path / "probe"))
+    args = dict(epochs=10, batch_size_per_gpu=16, lr=1.0, warmup_epochs=1.0, warmup_start_lr=0.0, weight_decay=0.0,
+                num_workers=0, seed=0, max_iters_per_epoch=0, test_clips=1, test_crops=1, precision="fp32",
+                log_every=10, eval_freq=0, output_dir=str(tmp_path / "probe"))
     args.update(kw)
     return argparse.Namespace(**args)
 
@@ -183,9 +185,9 @@ def test_linear_probe_on_separable_features(tmp_path):
     torch.manual_seed(0)
     encoder = ChannelMeanEncoder()
     bn_before = {k: v.clone() for k, v in encoder.bn.state_dict().items()}
-    model = eval_linear.VideoClassifier(encoder, 3, freeze_backbone=True)
-    metrics = eval_linear.train_classifier(model, SeparableClips(96, 3, 1, seed=0), SeparableClips(60, 3, 1, seed=1),
-                                           probe_args(tmp_path), torch.device("cpu"))
+    model = engine.VideoClassifier(encoder, 3, freeze_backbone=True)
+    metrics = engine.train_classifier(model, SeparableClips(96, 3, 1, seed=0), SeparableClips(60, 3, 1, seed=1),
+                                      probe_args(tmp_path), torch.device("cpu"))
     assert metrics["top1"] > 90.0
     # Frozen backbone in eval mode: neither its weights nor its batch-norm statistics moved.
     for k, v in encoder.bn.state_dict().items():
@@ -243,8 +245,8 @@ class MeanAndOne(nn.Module):
 def _extract_worker(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    f, y, idx = eval_knn.extract_features(MeanAndOne(), IndexClips(), torch.device("cpu"), batch_size=2,
-                                          num_workers=0)
+    f, y, idx = engine.extract_features(MeanAndOne(), IndexClips(), torch.device("cpu"), batch_size=2,
+                                        num_workers=0)
     torch.save(dict(f=f, y=y, idx=idx), os.path.join(out_dir, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
@@ -257,7 +259,7 @@ def _free_port():
 
 def test_distributed_extraction_every_video_once(tmp_path):
     mp.spawn(_extract_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    ref_f, ref_y, ref_idx = eval_knn.extract_features(MeanAndOne(), IndexClips(), torch.device("cpu"), 3, 0)
+    ref_f, ref_y, ref_idx = engine.extract_features(MeanAndOne(), IndexClips(), torch.device("cpu"), 3, 0)
     assert ref_idx.tolist() == list(range(7))
     for rank in range(2):
         out = torch.load(os.path.join(tmp_path, f"rank{rank}.pt"))
@@ -271,7 +273,7 @@ def test_distributed_extraction_every_video_once(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 TINY = ["--dataset", "synthetic", "--crop_size", "32", "--num_frames", "2", "--stride", "4",
-        "--batch_size", "4", "--num_workers", "0", "--device", "cpu", "--test_clips", "1", "--test_crops", "1"]
+        "--batch_size_per_gpu", "4", "--num_workers", "0", "--device", "cpu", "--test_clips", "1", "--test_crops", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -303,22 +305,50 @@ def run(module, root, name, extra):
 
 
 def test_knn_end_to_end(synthetic, capsys):
-    saved = run(eval_knn, synthetic, "knn", ["--nb_knn", "20"])
+    saved = run(eval_knn, synthetic, "knn", ["--nb_knn", "20", "--dump_features", str(synthetic / "feats")])
     assert saved["protocol"] == "knn" and saved["k"] == 20 and saved["split"] == "val"
     assert "20-NN on synthetic val: top-1" in capsys.readouterr().out
+    # DINO's dump: features, labels and the path of each row's video
+    feats, labels = torch.load(synthetic / "feats" / "testfeat.pth"), torch.load(synthetic / "feats" / "testlabels.pth")
+    paths = (synthetic / "feats" / "testpaths.txt").read_text().splitlines()
+    assert feats.shape[0] == labels.shape[0] == len(paths) == saved["num_videos"]
+    assert torch.allclose(feats.norm(dim=1), torch.ones(len(paths)))
+    videos, _ = data.read_csv_list(str(synthetic / "data" / "val.csv"))
+    assert [int(os.path.basename(p).split("_")[1]) for p in paths] == labels.tolist()
+    assert set(paths) == {p for p, _ in videos}
 
 
 def test_linear_end_to_end_and_resume(synthetic, capsys):
-    run(eval_linear, synthetic, "linear", ["--epochs", "1", "--max_iters_per_epoch", "2"])
+    run(eval_linear, synthetic, "linear", ["--epochs", "2", "--max_iters_per_epoch", "2"])
+    assert "epoch 1/2" in capsys.readouterr().out
+    # Started again with the same flags: nothing left to train, the saved classifier is tested again.
     saved = run(eval_linear, synthetic, "linear", ["--epochs", "2", "--max_iters_per_epoch", "2"])
     out = capsys.readouterr().out
-    assert "resumed from" in out and "epoch 2/2" in out and "epoch 1/2" not in out
-    assert saved["protocol"] == "linear"
+    assert "resumed from" in out and "2 of 2 epochs done" in out and "epoch 1/2" not in out
+    assert saved["protocol"] == "linear" and saved["best_epoch"] == 2
+    # Another schedule is another run: refused before anything is written, naming the flag.
+    with pytest.raises(ValueError, match=r"--epochs 2 -> 3"):
+        run(eval_linear, synthetic, "linear", ["--epochs", "3", "--max_iters_per_epoch", "2"])
 
 
 def test_finetune_end_to_end(synthetic):
     saved = run(finetune, synthetic, "finetune", ["--epochs", "1", "--max_iters_per_epoch", "2"])
     assert saved["protocol"] == "finetune" and saved["split"] == "1" and saved["config"]["dropout"] == 0.5
+
+
+def test_finetune_under_bf16_autocast_on_the_cpu(synthetic):
+    """--precision bf16 fine-tuning on the CPU: the training loss stays finite and falls, and --eval_freq
+    tests during training; the record keeps the last and the best top-1."""
+    saved = run(finetune, synthetic, "finetune_bf16", ["--precision", "bf16", "--num_frames", "4", "--epochs", "4",
+                                                       "--lr", "0.02", "--batch_size_per_gpu", "6", "--eval_freq", "2"])
+    with open(synthetic / "finetune_bf16" / "log.jsonl") as f:
+        log = [json.loads(line) for line in f]
+    losses = [r["loss"] for r in log if r.get("kind") == "epoch"]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses) and losses[-1] < losses[0], losses
+    assert [r["epoch"] for r in log if r.get("kind") == "test"] == [2, 4]
+    split = saved["per_split"]["1"]
+    assert split["best_top1"] >= split["top1"] and split["best_epoch"] in (2, 4)
+    assert saved["config"]["precision"] == "bf16"
 
 
 def test_semisup_end_to_end(synthetic):
@@ -345,13 +375,13 @@ def test_bad_flags_give_clear_errors(synthetic):
 # ----------------------------------------------------------------------------------------------
 
 PAPER = {
-    (eval_linear, "kinetics"): dict(epochs=100, batch_size=64, lr=1.0, warmup_epochs=8, warmup_start_lr=0.0,
+    (eval_linear, "kinetics"): dict(epochs=100, global_batch=64, lr=1.0, warmup_epochs=8, warmup_start_lr=0.0,
                                     test_clips=10, test_crops=3, num_frames=8, stride=8),
-    (finetune, "ucf101"): dict(epochs=196, batch_size=128, lr=0.0025, test_clips=10, test_crops=3, num_frames=8),
-    (finetune, "hmdb51"): dict(epochs=196, batch_size=128, lr=0.0025, test_clips=10, test_crops=3),
-    (finetune, "ssv2"): dict(epochs=40, batch_size=64, lr=0.15, warmup_epochs=3, warmup_start_lr=0.08,
+    (finetune, "ucf101"): dict(epochs=196, global_batch=128, lr=0.0025, test_clips=10, test_crops=3, num_frames=8),
+    (finetune, "hmdb51"): dict(epochs=196, global_batch=128, lr=0.0025, test_clips=10, test_crops=3),
+    (finetune, "ssv2"): dict(epochs=40, global_batch=64, lr=0.15, warmup_epochs=3, warmup_start_lr=0.08,
                              weight_decay=1e-4, test_clips=1, test_crops=1),
-    (semisup, "kinetics"): dict(epochs=100, batch_size=64, lr=0.01, warmup_epochs=8, warmup_start_lr=0.0,
+    (semisup, "kinetics"): dict(epochs=100, global_batch=64, lr=0.01, warmup_epochs=8, warmup_start_lr=0.0,
                                 test_clips=10, test_crops=3, fraction=1.0),
     (eval_knn, "kinetics"): dict(nb_knn=[20], temperature=0.07, test_clips=1, test_crops=1, num_frames=8),
 }
@@ -361,7 +391,7 @@ PAPER = {
 def test_paper_defaults(module, dataset):
     args = module.get_args_parser().parse_args(["--pretrained", "scratch", "--dataset", dataset])
     table = (finetune.paper_defaults(dataset) if module is finetune else module.PAPER_DEFAULTS)
-    eval_linear.fill_defaults(args, table, module.SYNTHETIC_DEFAULTS)
+    engine.prepare_eval(args, table, module.SYNTHETIC_DEFAULTS)
     for key, value in PAPER[(module, dataset)].items():
         assert getattr(args, key) == value, key
 
@@ -377,8 +407,8 @@ def test_no_horizontal_flip_for_ssv2(monkeypatch, dataset, flip):
         seen.update(kwargs)
         raise Stop
 
-    monkeypatch.setattr(eval_linear, "build_split", fake_build_split)
+    monkeypatch.setattr(engine, "build_split", fake_build_split)
     args = finetune.get_args_parser().parse_args(["--pretrained", "scratch", "--dataset", dataset])
     with pytest.raises(Stop):
-        finetune.finetune_once(args, torch.device("cpu"), 1, "unused")
+        engine.finetune(args, torch.device("cpu"), 1, "unused")
     assert seen["hflip"] is flip

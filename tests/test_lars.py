@@ -22,8 +22,7 @@ def _set_grads(model):
 
 def test_two_steps_match_hand_computation():
     model = TwoParams()
-    opt = lars.LARS(lars.lars_param_groups(model, weight_decay=0.1), lr=1.0, momentum=0.9,
-                    weight_decay=0.1, trust_coefficient=0.001)
+    opt = lars.build_lars(model, lr=1.0, weight_decay=0.1, momentum=0.9, trust_coefficient=0.001)
     # Step 1: ||w|| = 5, ||g|| = 0.5, trust = 0.001 * 5 / (0.5 + 0.1 * 5 + 1e-8) = 0.00499999995
     # d = (g + 0.1 w) * trust = [0.6, 0.8] * trust = [0.00299999997, 0.00399999996]; buf = d
     # w = [3, 4] - 1.0 * buf = [2.99700000003, 3.99600000004]
@@ -47,7 +46,7 @@ def test_two_steps_match_hand_computation():
 
 def test_lr_scales_the_step_and_zero_grad_leaves_weight_alone():
     model = TwoParams()
-    opt = lars.LARS(lars.lars_param_groups(model, 0.0), lr=0.5, momentum=0.9, weight_decay=0.0)
+    opt = lars.build_lars(model, lr=0.5, weight_decay=0.0, momentum=0.9)
     model.weight.grad = torch.tensor([[0.3, 0.4]], dtype=torch.float64)
     model.bias.grad = torch.zeros(1, dtype=torch.float64)
     opt.step()
@@ -65,8 +64,8 @@ def test_param_groups_split_biases_and_norm_and_skip_frozen():
     frozen.requires_grad_(False)
     model.add_module("frozen", frozen)
     decay, no_decay = lars.lars_param_groups(model, weight_decay=1e-6)
-    assert decay["weight_decay"] == 1e-6 and decay["lars"] is True
-    assert no_decay["weight_decay"] == 0.0 and no_decay["lars"] is False
+    assert decay["weight_decay"] == 1e-6 and decay["always_adapt"] is True
+    assert no_decay["weight_decay"] == 0.0 and no_decay["always_adapt"] is False
     ids = lambda ps: {id(p) for p in ps}  # noqa: E731
     assert ids(decay["params"]) == ids([model[0].weight, model[3].weight])
     assert ids(no_decay["params"]) == ids([model[0].bias, model[1].weight, model[1].bias, model[3].bias,
@@ -75,6 +74,49 @@ def test_param_groups_split_biases_and_norm_and_skip_frozen():
 
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="momentum"):
-        lars.LARS([nn.Parameter(torch.zeros(2, 2))], lr=0.1, momentum=1.5)
+        lars.build_lars(nn.Linear(2, 2), lr=0.1, weight_decay=0.0, momentum=1.5)
     with pytest.raises(ValueError, match="lr"):
-        lars.LARS([nn.Parameter(torch.zeros(2, 2))], lr=-1.0)
+        lars.build_lars(nn.Linear(2, 2), lr=-1.0, weight_decay=0.0)
+
+
+def reference_lars_step(params, groups_wd, lr, momentum, buffers, tc=0.001, eps=1e-8):
+    """PySlowFast's LARS (slowfast/models/optimizer.py, apex LARC without clipping) written out: for
+    weights, d = (g + wd p) * tc ||p|| / (||g|| + wd ||p|| + eps); biases and norm parameters plain SGD."""
+    with torch.no_grad():
+        for p, (wd, adapt) in zip(params, groups_wd):
+            if p.grad is None:
+                continue
+            d = p.grad
+            if adapt:
+                p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+                if p_norm > 0 and g_norm > 0:
+                    d = (d + wd * p) * (tc * p_norm / (g_norm + p_norm * wd + eps))
+            if id(p) not in buffers:
+                buffers[id(p)] = d.clone()
+            else:
+                buffers[id(p)].mul_(momentum).add_(d)
+            p.add_(buffers[id(p)], alpha=-lr)
+
+
+def test_timm_lars_matches_pyslowfast_formula_on_slow_tiny():
+    """Five steps of lars.build_lars (timm's Lars) on slow_tiny give bit-identical weights to the
+    PySlowFast formula applied by hand with the same parameter groups."""
+    import models
+    torch.manual_seed(0)
+    a = models.build_encoder("slow_tiny")
+    b = models.build_encoder("slow_tiny")
+    b.load_state_dict(a.state_dict())
+    opt = lars.build_lars(a, lr=0.3, weight_decay=1e-6)
+    groups = lars.lars_param_groups(b, 1e-6)
+    flags = {id(p): (g["weight_decay"], g["always_adapt"]) for g in groups for p in g["params"]}
+    params_b = [p for p in b.parameters()]
+    buffers = {}
+    x = torch.randn(2, 3, 2, 32, 32)
+    for _ in range(5):
+        for net in (a, b):
+            net.zero_grad()
+            net(x).pow(2).mean().backward()
+        opt.step()
+        reference_lars_step(params_b, [flags[id(p)] for p in params_b], 0.3, 0.9, buffers)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(pa, pb), name

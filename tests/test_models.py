@@ -8,7 +8,6 @@ from torch import nn
 
 import utils
 
-utils.register_torchvision_fallbacks()
 import torchvision  # noqa: E402
 
 import models  # noqa: E402
@@ -267,8 +266,7 @@ def test_pyslowfast_checkpoint_loads_into_the_right_tensors(prefix, tmp_path):
     path = tmp_path / "psf.pyth"
     torch.save({"model_state": psf, "cur_epoch": 200}, path)
     target = models.build_encoder("slow_small")
-    missing, unexpected = models.load_encoder_weights(target, str(path))
-    assert missing == [] and unexpected == []
+    models.load_encoder_weights(target, str(path))  # raises unless every tensor has its place
     for k, v in source.state_dict().items():
         assert torch.equal(target.state_dict()[k], v), k
 
@@ -279,7 +277,7 @@ def test_load_encoder_weights_formats_and_errors(tmp_path):
     path = tmp_path / "ckpt.pth"
     torch.save({"encoder": source.state_dict(), "heads": {}, "epoch": 3}, path)
     target = models.build_encoder("slow_tiny")
-    assert models.load_encoder_weights(target, str(path)) == ([], [])
+    models.load_encoder_weights(target, str(path))
     assert torch.equal(target.layer4[0].conv1.weight, source.layer4[0].conv1.weight)
     # raw state dict (object, not a path)
     target = models.build_encoder("slow_tiny")
@@ -303,3 +301,55 @@ def test_load_encoder_weights_formats_and_errors(tmp_path):
         models.load_encoder_weights(target, str(tmp_path / "nope.pth"))
     with pytest.raises(ValueError, match="--arch"):
         models.build_encoder("slow_r18")
+
+
+def test_count_flops_counts_vit_attention():
+    """ViT-B/16 at 224: 12 blocks of 197 tokens x 768; the linear layers give 16.86 GMACs and the
+    attention matmuls (q k^T and attn v: 2 x 197^2 x 768 per block) 0.72 GMACs more."""
+    import timm
+    vit = timm.create_model("vit_base_patch16_224", pretrained=False)
+    tokens, dim, blocks = 197, 768, 12
+    attention = blocks * 2 * tokens * tokens * dim
+    linear = blocks * tokens * (4 * dim * dim + 2 * 4 * dim * dim) + 196 * 3 * 16 * 16 * dim + dim * 1000
+    assert models.count_flops(vit, (1, 3, 224, 224)) == linear + attention
+    assert round((linear + attention) / 1e9, 2) == 17.56
+
+
+def test_load_pretrained_reads_the_architecture_from_the_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    source = models.build_encoder("slow_tiny")
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"encoder": source.state_dict(), "encoder_name": "slow_tiny", "epoch": 2}, path)
+    encoder = models.load_pretrained(str(path)).eval()
+    x = torch.randn(1, 3, 4, 32, 32)
+    assert torch.equal(encoder(x), source.eval()(x))
+    with pytest.raises(ValueError, match="--arch slow_r50: .* holds a slow_tiny encoder"):
+        models.load_pretrained(str(path), arch="slow_r50")
+    torch.save(source.state_dict(), tmp_path / "raw.pth")
+    with pytest.raises(ValueError, match="does not record its architecture: pass --arch"):
+        models.load_pretrained(str(tmp_path / "raw.pth"))
+    assert models.load_pretrained(str(tmp_path / "raw.pth"), arch="slow_tiny").conv1.weight.equal(source.conv1.weight)
+
+
+def test_export_loads_back_through_the_pyslowfast_import(tmp_path):
+    """export.py writes the encoder as a plain state dict and under PySlowFast's names; both load back
+    with every tensor in place and give the same features."""
+    import argparse
+    import export
+    torch.manual_seed(0)
+    source = models.build_encoder("slow_small")
+    for v in source.state_dict().values():  # BN statistics too, so that every tensor is checked
+        if v.is_floating_point():
+            v.copy_(torch.randn_like(v).abs() + 0.1)
+    torch.save({"encoder": source.state_dict(), "encoder_name": "slow_small", "epoch": 7}, tmp_path / "ckpt.pth")
+    plain, psf = export.main(argparse.Namespace(pretrained=str(tmp_path / "ckpt.pth"), arch=None,
+                                                output_dir=str(tmp_path / "out")))
+    saved = torch.load(psf)
+    assert saved["epoch"] == 7 and "s1.pathway0_stem.conv.weight" in saved["model_state"]
+    assert "s5.pathway0_res1.branch2.c_bn.running_var" in saved["model_state"]
+    x = torch.randn(2, 3, 4, 32, 32)
+    reference = source.eval()(x)
+    for path in (plain, psf):
+        encoder = models.build_encoder("slow_small")
+        models.load_encoder_weights(encoder, path)  # raises on any missing or unexpected key
+        assert torch.equal(encoder.eval()(x), reference)

@@ -62,9 +62,10 @@ def test_full_scale_commands_use_torchrun_over_nodes_and_keep_the_global_batch(d
     assert "--init /w/byol_r50.pth" in " ".join(commands[9])
     assert "--pretrained /w/SLOW_8x8_R50_BYOL.pkl" in " ".join(commands[11])
     assert "--fraction 1 " in " ".join(commands[11]) and "--fraction 10 " in " ".join(commands[11])
-    # Paper protocols (Section 4.2): UCF/HMDB 196 epochs, batch 128, lr 0.0025, 10x3 views
+    # Paper protocols (Section 4.2): UCF/HMDB 196 epochs, global batch 128 (16 on each of 8 GPUs),
+    # lr 0.0025, 10x3 views
     ucf = [c for c in commands[1] if "--dataset ucf101" in c][0]
-    assert "--epochs 196 --batch_size 128 --lr 0.0025 --test_clips 10 --test_crops 3" in ucf
+    assert "--epochs 196 --batch_size_per_gpu 16 --lr 0.0025 --test_clips 10 --test_crops 3" in ucf
 
 
 def test_every_table_row_is_trained_by_a_script_and_shared_runs_are_shared(dry_runs):

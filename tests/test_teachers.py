@@ -11,7 +11,6 @@ import torch.nn.functional as F
 import teachers
 import utils
 
-utils.register_torchvision_fallbacks()
 import skimage.data  # noqa: E402
 import timm  # noqa: E402
 
