@@ -146,9 +146,10 @@ def check_resumable(path, fingerprint):
     return ckpt
 
 
-def resume_run(output_dir, fingerprint):
+def resume_run(output_dir, fingerprint, generators=None):
     """The run state saved in output_dir (None when there is none): checked against `fingerprint`,
-    this rank's random state restored. Also removes temporary files left by a killed write."""
+    this rank's random state restored (with the named torch Generators'). Also removes temporary
+    files left by a killed write."""
     if utils.is_main_process():
         remove_stale_temporaries(output_dir)
     path = os.path.join(output_dir, CHECKPOINT_NAME)
@@ -156,14 +157,14 @@ def resume_run(output_dir, fingerprint):
         return None
     ckpt = check_resumable(path, fingerprint)
     states, rank = ckpt["random_state"], utils.get_rank()
-    utils.set_random_state(states[rank] if rank < len(states) else states[0])
+    utils.set_random_state(states[rank] if rank < len(states) else states[0], generators)
     return ckpt
 
 
-def save_run(output_dir, state, keep_as=None):
-    """Called by every rank (their random states are gathered); rank 0 writes output_dir/checkpoint.pth
-    and, with keep_as, also a copy under that name (e.g. checkpoint_0020.pth)."""
-    state = dict(state, random_state=utils.gather_objects(utils.get_random_state()))
+def save_run(output_dir, state, keep_as=None, generators=None):
+    """Called by every rank (their random states, with the named torch Generators', are gathered);
+    rank 0 writes output_dir/checkpoint.pth and, with keep_as, a copy under that name."""
+    state = dict(state, random_state=utils.gather_objects(utils.get_random_state(generators)))
     if utils.is_main_process():
         path = os.path.join(output_dir, CHECKPOINT_NAME)
         save(state, path)

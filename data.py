@@ -4,8 +4,10 @@
                                             splits 1-3), Something-Something v2 (JSON), folder per class,
                                             CSV `path,label`, and "synthetic"
     VideoDataset                            one item = all clips of one video, uint8 (V, 3, T, S, S)
-    collate_skip_bad                        drops undecodable videos and counts them ("skipped")
-    check_files                             start-up check that the listed videos exist
+    collate_skip_bad                        sets undecodable videos aside with their reasons ("skipped")
+    train_loader / start_epoch              shuffled batches from (seed, epoch), resumable mid-epoch
+    SkippedVideos                           the undecodable videos: listed, counted, too many stop the run
+    check_files / write_missing_videos      start-up check that the listed videos exist
     make_synthetic_dataset                  small H.264 mp4 set, deterministic from a seed, cached
     ensure_synthetic_dataset                the set in a folder: the one there, else the default one (rank 0)
 
@@ -20,11 +22,11 @@ the training loop reports the count each epoch.
 """
 import colorsys
 import csv
+import itertools
 import json
-import logging
 import math
 import os
-import warnings
+import signal
 
 import numpy as np
 import torch
@@ -32,8 +34,6 @@ import torch
 import augment
 import utils
 from video import DECODE_ERRORS, read_frames, write_video
-
-log = logging.getLogger(__name__)
 
 DATASETS = ("synthetic", "kinetics", "ucf101", "hmdb51", "ssv2", "folder", "csv")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".ogv", ".wmv",
@@ -80,8 +80,10 @@ class VideoDataset(torch.utils.data.Dataset):
     videos: list of (path, label) (label None/-1 when unlabelled). mode "train": num_clips clips at
     independent random starts, each with its own random short side, crop and flip. mode "test":
     test_clips evenly spaced clips x test_crops crops (10x3 or 1x1), clip-major order.
-    Item: {"clips": uint8 (V, 3, T, S, S), "label": int, "index": int}, or None when the video cannot
-    be decoded (the reason is logged once at debug level; collate_skip_bad counts it).
+    Item: {"clips": uint8 (V, 3, T, S, S), "label": int, "index": int}, or, when the file cannot be
+    opened or decoded, {"undecodable": path, "reason": "...", "index": int} (collate_skip_bad sets
+    those aside; never another video in its place). Every random choice of an item derives from
+    (seed, epoch, index), so a run resumed mid-epoch replays it exactly (set_epoch before each epoch).
     """
 
     def __init__(self, videos, num_clips=1, num_frames=8, stride=8, crop_size=224, short_side=None,
@@ -100,11 +102,9 @@ class VideoDataset(torch.utils.data.Dataset):
         self.test_clips, self.test_crops = test_clips, test_crops
         if mode == "test" and test_crops not in (1, 3):
             raise ValueError(f"test_crops must be 1 or 3, got {test_crops}")
-        self.seed = seed
+        self.seed, self.epoch = seed, 0
         self.classes = classes
         self.decode_threads = decode_threads
-        self.skipped = 0
-        self._reported = set()
 
     def __len__(self):
         return len(self.videos)
@@ -113,22 +113,20 @@ class VideoDataset(torch.utils.data.Dataset):
     def views_per_video(self):
         return self.num_clips if self.mode == "train" else self.test_clips * self.test_crops
 
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
     def _rng(self, index):
-        # One draw from torch's RNG, which DataLoader seeds per worker and epoch (and pretrain.py per
-        # epoch in the main process): reproducible, and different every epoch.
-        draw = int(torch.randint(0, 2 ** 62, (1,)).item())
-        return np.random.default_rng([self.seed, index, draw])
+        # Independent of the worker that loads the item and of what it loaded before: the same item
+        # of the same epoch gets the same clips, so an epoch can be resumed half-way exactly.
+        return np.random.default_rng([self.seed, self.epoch, index])
 
     def __getitem__(self, index):
         path, label = self.videos[index]
         try:
             clips = self.load_clips(path, self._rng(index) if self.mode == "train" else None)
         except DECODE_ERRORS as e:
-            self.skipped += 1  # this process's count; collate_skip_bad counts across workers
-            if path not in self._reported:
-                self._reported.add(path)
-                log.debug("skipping undecodable video %s: %s: %s", path, type(e).__name__, e)
-            return None
+            return {"undecodable": path, "reason": f"{type(e).__name__}: {e}", "index": index}
         return {"clips": clips, "label": label, "index": index}
 
     def clip_plan(self, info, rng):
@@ -165,9 +163,9 @@ class VideoDataset(torch.utils.data.Dataset):
 
 def collate_skip_bad(batch):
     """Stack the decodable items: clips uint8 (B, V, 3, T, S, S), label (B,), index (B,), and
-    "skipped": how many items of this batch were undecodable (None)."""
-    good = [b for b in batch if b is not None]
-    skipped = len(batch) - len(good)
+    "skipped": [(path, reason)] of the items that could not be decoded."""
+    good = [b for b in batch if "undecodable" not in b]
+    skipped = [(b["undecodable"], b["reason"]) for b in batch if "undecodable" in b]
     if not good:
         return {"clips": torch.empty(0, dtype=torch.uint8), "label": torch.empty(0, dtype=torch.long),
                 "index": torch.empty(0, dtype=torch.long), "skipped": skipped}
@@ -177,20 +175,108 @@ def collate_skip_bad(batch):
             "skipped": skipped}
 
 
+def ignore_stop_signals(worker_id=None):
+    """DataLoader worker_init_fn: Ctrl-C and SIGTERM reach every process of the job; the workers leave
+    them to the main process, which finishes its step and writes a checkpoint (utils.GracefulStop)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class ResumableSampler(torch.utils.data.DistributedSampler):
+    """DistributedSampler (this rank's share, shuffled from seed + epoch; also without torchrun) that
+    can start an epoch part-way: start_epoch(epoch, skip) drops the first `skip` indices, which a run
+    resumed mid-epoch has already trained on."""
+
+    def __init__(self, dataset, seed):
+        super().__init__(dataset, num_replicas=utils.get_world_size(), rank=utils.get_rank(), shuffle=True,
+                         seed=seed)
+        self.skip = 0
+
+    def start_epoch(self, epoch, skip=0):
+        self.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self):
+        return super().__len__() - self.skip
+
+
+def train_loader(dataset, batch_size, num_workers, seed, device):
+    """Shuffled training batches (the last incomplete one dropped) and their ResumableSampler. The loader
+    draws its worker seeds from its own generator, so loading data never moves the global RNG."""
+    sampler = ResumableSampler(dataset, seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
+        collate_fn=collate_skip_bad, pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals,
+        generator=torch.Generator().manual_seed(seed))
+    return loader, sampler
+
+
+def start_epoch(loader, epoch, skip_batches=0):
+    """Before an epoch: this epoch's order and augmentations, from batch `skip_batches` on."""
+    loader.sampler.start_epoch(epoch, skip_batches * loader.batch_size)
+    _base(loader.dataset).set_epoch(epoch)
+
+
+class SkippedVideos:
+    """Videos that could not be decoded: counted per epoch, each path written once with its reason to
+    output_dir/skipped_videos.txt, and a run stopped when more than max_share of an epoch's videos fail
+    (a systematic problem, not a few broken files)."""
+
+    def __init__(self, output_dir, max_share):
+        self.path, self.max_share = os.path.join(output_dir, "skipped_videos.txt"), max_share
+        self.written, self.pending = set(), []
+
+    def add(self, skipped):
+        self.pending.extend(skipped)
+
+    def end_epoch(self, seen, device, what):
+        """Write this epoch's new paths (rank 0, every rank's gathered) and stop when too many failed.
+        `seen`: videos this rank loaded, decodable or not. Returns the epoch's count over all ranks."""
+        everyone = [item for part in utils.gather_objects(self.pending) for item in part]
+        self.pending = []
+        new = [(p, r) for p, r in dict(everyone).items() if p not in self.written]
+        if new and utils.is_main_process():
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(self.path, "a") as f:
+                f.writelines(f"{p}\t{r}\n" for p, r in new)
+        self.written.update(p for p, _ in new)
+        total = utils.all_reduce_sum(seen, device)
+        if everyone and len(everyone) > self.max_share * total:
+            first = "; ".join(f"{p} ({r})" for p, r in everyone[:3])
+            raise ValueError(f"{len(everyone)} of {int(total)} videos ({100 * len(everyone) / total:.1f}%) of {what} "
+                             f"could not be decoded, more than --max_skip_share {self.max_share}; first: {first}; "
+                             f"all in {self.path} (scan.py checks a whole list before training)")
+        return len(everyone)
+
+
+def _base(dataset):
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
+def write_missing_videos(output_dir, *datasets):
+    """output_dir/missing_videos.txt: every listed video that --skip_missing left out, one per line (rank 0)."""
+    missing = [p for d in datasets for p in getattr(_base(d), "missing", [])]
+    if missing and utils.is_main_process():
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, "missing_videos.txt"), "w") as f:
+            f.writelines(p + "\n" for p in missing)
+
+
 def check_files(videos, skip_missing=False, what="video list"):
-    """Fail at start-up when listed videos do not exist (or drop them with a warning when skip_missing)."""
+    """(present videos, missing paths). Stops at start-up when listed videos do not exist, unless
+    skip_missing; the caller writes the full missing list (write_video_list) where the user sees it."""
     missing = [p for p, _ in videos if not os.path.isfile(p)]
-    if not missing:
-        return list(videos)
-    if not skip_missing:
-        shown = "\n  ".join(missing[:5])
-        raise FileNotFoundError(
-            f"{len(missing)} of {len(videos)} videos in the {what} do not exist, e.g.\n  {shown}\n"
-            f"(check --data_root, or pass --skip_missing to train without them)")
-    warnings.warn(f"skipping {len(missing)} of {len(videos)} missing videos in the {what} "
-                  f"(first: {missing[0]})")
-    missing = set(missing)
-    return [(p, lab) for p, lab in videos if p not in missing]
+    if missing and not skip_missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(videos)} videos in the {what} do not exist (first: "
+                                f"{', '.join(missing[:3])}); check --data_root, or pass --skip_missing to "
+                                f"go on without them")
+    gone = set(missing)
+    return [(p, lab) for p, lab in videos if p not in gone], missing
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,11 +301,16 @@ def _is_eval_split(split):
     raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
 
 
-def read_kinetics_list(list_file, root=None):
+def _list_flag(split):
+    return "--val_list" if _is_eval_split(split) else "--train_list"
+
+
+def read_kinetics_list(list_file, root=None, flag="--train_list"):
     """PySlowFast Kinetics list: `path label` or `path` per line, space or comma separated; relative
-    paths are joined to root (PySlowFast's PATH_PREFIX). Labels are optional (pretraining)."""
+    paths are joined to root (PySlowFast's PATH_PREFIX). Labels are optional (pretraining). A UTF-8
+    byte-order mark (spreadsheet programs write one) is ignored."""
     videos = []
-    with open(_require(list_file, "--train_list")) as f:
+    with open(_require(list_file, flag), encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
             if not line:
@@ -237,9 +328,10 @@ def read_kinetics_list(list_file, root=None):
     return videos, None
 
 
-def read_csv_list(list_file, root=None):
-    """CSV with a `path,label` header; labels are integers, or class names mapped to sorted ids."""
-    with open(_require(list_file, "--train_list")) as f:
+def read_csv_list(list_file, root=None, flag="--train_list"):
+    """CSV with a `path,label` header; labels are integers, or class names mapped to sorted ids. A UTF-8
+    byte-order mark ("CSV UTF-8" of spreadsheet programs) is ignored."""
+    with open(_require(list_file, flag), encoding="utf-8-sig", newline="") as f:
         rows = list(csv.DictReader(f))
     if rows and ("path" not in rows[0] or "label" not in rows[0]):
         raise ValueError(f"{list_file}: expected a 'path,label' header, got {list(rows[0])}")
@@ -346,19 +438,19 @@ def read_video_list(name, root=None, split="train", list_file=None, official_spl
     """(videos, classes) for a data set name of DATASETS."""
     if name not in DATASETS:
         raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}, got {name!r}")
-    if name == "kinetics":
-        if list_file is None:  # PySlowFast: {PATH_TO_DATA_DIR}/{train,val,test}.csv
-            list_file = os.path.join(root or ".", f"{'val' if split == 'validation' else split}.csv")
-        return read_kinetics_list(list_file, root)
-    if name == "csv":
+    if name in ("kinetics", "csv"):
+        # PySlowFast: {PATH_TO_DATA_DIR}/{train,val,test}.csv. Never another list in place of a missing
+        # one: validating on the training list would print a number that means nothing.
+        flag = _list_flag(split)
         if list_file is None:
-            list_file = os.path.join(root or ".", f"{split}.csv")
+            list_file = os.path.join(root or ".", f"{'val' if split == 'validation' else split}.csv")
             if not os.path.isfile(list_file):
-                list_file = os.path.join(root or ".", "labels.csv")
-        return read_csv_list(list_file, root)
+                raise FileNotFoundError(f"{flag}: no list given and {list_file} does not exist; pass {flag} FILE")
+        read = read_kinetics_list if name == "kinetics" else read_csv_list
+        return read(list_file, root, flag)
     if name == "synthetic":
         split = "val" if _is_eval_split(split) else "train"
-        return read_csv_list(list_file or os.path.join(root, f"{split}.csv"), root)
+        return read_csv_list(list_file or os.path.join(root, f"{split}.csv"), root, _list_flag(split))
     if root is None:
         raise ValueError(f"--data_root is required for --dataset {name}")
     if name == "ucf101":
@@ -376,8 +468,13 @@ def build_dataset(name, root=None, split="train", list_file=None, official_split
     videos, classes = read_video_list(name, root, split, list_file, official_split)
     if not videos:
         raise ValueError(f"--dataset {name}: the {split} list under {root or list_file} is empty")
-    videos = check_files(videos, skip_missing, what=f"{name} {split} list")
-    return VideoDataset(videos, classes=classes, **sampling)
+    videos, missing = check_files(videos, skip_missing, what=f"{name} {split} list")
+    dataset = VideoDataset(videos, classes=classes, **sampling)
+    dataset.missing = missing
+    if missing:
+        utils.print_main(f"warning: {len(missing)} of {len(videos) + len(missing)} videos of the {name} {split} "
+                         f"list do not exist and are left out (--skip_missing); first: {missing[0]}")
+    return dataset
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@
 import argparse
 import math
 import os
-import time
+import types
 
 import torch
 import torch.nn as nn
@@ -65,7 +65,11 @@ def add_eval_args(p, paper_defaults, training=True):
     g.add_argument("--train_list", default=None, help="training list for kinetics/csv (default: the root's)")
     g.add_argument("--val_list", default=None, help="validation list for kinetics/csv (default: the root's)")
     g.add_argument("--skip_missing", action="store_true",
-                   help="drop listed videos that do not exist instead of stopping at start-up")
+                   help="drop listed videos that do not exist (listed in output_dir/missing_videos.txt) instead "
+                        "of stopping at start-up")
+    g.add_argument("--max_skip_share", type=float, default=0.05,
+                   help="stop when more than this share of an epoch's (or the test set's) videos cannot be "
+                        "decoded; each one is listed in output_dir/skipped_videos.txt")
     g.add_argument("--num_frames", type=int, default=None, help="T frames per clip" + paper("num_frames"))
     g.add_argument("--stride", type=int, default=None, help="tau, frame stride" + paper("stride"))
     g.add_argument("--crop_size", type=int, default=None, help="spatial crop" + paper("crop_size"))
@@ -118,9 +122,18 @@ def add_run_args(p, paper_defaults, training):
     return p
 
 
-def prepare_eval(args, paper_defaults, synthetic_defaults):
-    """Join torchrun, fill unset flags (printed), split the global batch over the processes, seed,
-    and generate the synthetic set when it is asked for. Returns the device."""
+# Allowed values of the flags every evaluation script has (utils.check_flags), checked before anything
+# is written; scripts add their own (e.g. --nb_knn, --fraction).
+FLAG_RULES = dict(num_frames=">=1", stride=">=1", crop_size="[32,1024]", test_clips=">=1", test_crops=(1, 3),
+                  num_workers=">=0", batch_size_per_gpu=">=1", epochs=">=1", lr=">0", warmup_epochs=">=0",
+                  warmup_start_lr=">=0", weight_decay=">=0", eval_freq=">=0", max_iters_per_epoch=">=0", seed=">=0",
+                  log_every=">=1", max_skip_share="[0,1]", pretrain_epochs=">=0")
+
+
+def prepare_eval(args, paper_defaults, synthetic_defaults, flag_rules=None):
+    """Join torchrun, fill unset flags (printed), check every flag (FLAG_RULES and the script's
+    flag_rules), split the global batch over the processes, seed, and generate the synthetic set when
+    it is asked for. Returns the device."""
     rank, world, device = utils.init_distributed(args.device)
     defaults = dict(synthetic_defaults if args.dataset == "synthetic" else paper_defaults)
     global_batch = defaults.pop("batch_size")
@@ -129,9 +142,9 @@ def prepare_eval(args, paper_defaults, synthetic_defaults):
                          f"pass --batch_size_per_gpu")
     defaults["batch_size_per_gpu"] = global_batch // world
     utils.apply_defaults(args, defaults, f"--dataset {args.dataset}")
-    for key in ("epochs", "batch_size_per_gpu", "num_frames", "crop_size", "test_clips", "test_crops"):
-        if getattr(args, key, 1) < 1:
-            raise ValueError(f"--{key} must be at least 1, got {getattr(args, key)}")
+    utils.check_flags(args, dict(FLAG_RULES, **(flag_rules or {})))
+    if getattr(args, "warmup_epochs", 0) > getattr(args, "epochs", 0) > 0:
+        raise ValueError(f"--warmup_epochs {args.warmup_epochs}: must be at most --epochs {args.epochs}")
     args.world_size, args.global_batch = world, args.batch_size_per_gpu * world
     args.precision = utils.resolve_precision(args.precision, device)
     if args.output_dir is None:
@@ -242,20 +255,6 @@ def eval_loader(dataset, batch_size, num_workers, device):
         num_workers=num_workers, collate_fn=data.collate_skip_bad, pin_memory=device.type == "cuda")
 
 
-def train_loader(dataset, args, device):
-    """Shuffled batches of --batch_size_per_gpu (DistributedSampler under torchrun), last one dropped."""
-    world = utils.get_world_size()
-    sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=args.seed) if world > 1 else None
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size_per_gpu, shuffle=sampler is None, sampler=sampler,
-        num_workers=args.num_workers, collate_fn=data.collate_skip_bad, drop_last=True,
-        pin_memory=device.type == "cuda")
-    if len(loader) == 0:
-        raise ValueError(f"the training set has {len(dataset)} videos, fewer than one global batch of "
-                         f"--batch_size_per_gpu {args.batch_size_per_gpu} x {world} processes")
-    return loader, sampler
-
-
 # ----------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------
@@ -318,15 +317,18 @@ def evaluate_multiview(model, dataset, device, args):
     """Top-1/top-5 (%) over the videos of a mode="test" dataset whose items hold V views each.
 
     Each process scores its shard, counts are summed over processes, so every video counts exactly
-    once. Undecodable videos are skipped (and counted in "skipped")."""
+    once. Undecodable videos are left out, listed in --output_dir/skipped_videos.txt and counted
+    ("skipped"); more than --max_skip_share of them stops the run."""
     model.eval()
     videos_per_step = max(1, args.batch_size_per_gpu // dataset.views_per_video)
     loader = eval_loader(dataset, videos_per_step, args.num_workers, device)
-    correct1 = correct5 = seen = skipped = 0
+    skipped = data.SkippedVideos(args.output_dir, args.max_skip_share)
+    correct1 = correct5 = seen = loaded = 0
     progress = utils.Progress(len(loader), "test", args.log_every)
     for batch in loader:
-        skipped += batch["skipped"]
+        skipped.add(batch["skipped"])
         clips = batch["clips"]  # uint8 (B, V, 3, T, S, S)
+        loaded += len(batch["skipped"]) + clips.shape[0]
         if clips.shape[0] == 0:
             continue
         B, V = clips.shape[:2]
@@ -336,12 +338,12 @@ def evaluate_multiview(model, dataset, device, args):
         correct1, correct5, seen = correct1 + hits[1], correct5 + hits[5], seen + B
         progress.update()
     progress.close()
+    num_skipped = skipped.end_epoch(loaded, device, "the test set")
     seen = utils.all_reduce_sum(seen, device)
     if seen == 0:
         raise ValueError("no test video could be decoded")
     return dict(top1=100.0 * utils.all_reduce_sum(correct1, device) / seen,
-                top5=100.0 * utils.all_reduce_sum(correct5, device) / seen,
-                num_videos=int(seen), skipped=int(utils.all_reduce_sum(skipped, device)))
+                top5=100.0 * utils.all_reduce_sum(correct5, device) / seen, num_videos=int(seen), skipped=num_skipped)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,45 +351,58 @@ def evaluate_multiview(model, dataset, device, args):
 # ----------------------------------------------------------------------------------------------
 
 def iterations_per_epoch(loader, max_iters):
-    return min(len(loader), max_iters) if max_iters else len(loader)
+    """Steps of a full epoch (--max_iters_per_epoch caps them), also while the loader skips the steps
+    a resumed run has done (data.ResumableSampler)."""
+    samples = getattr(loader.sampler, "num_samples", None)  # this rank's share of a whole epoch
+    batches = len(loader) if samples is None else samples // loader.batch_size
+    return min(batches, max_iters) if max_iters else batches
 
 
-def train_one_epoch(model, loader, optimizer, scaler, epoch, args, device):
-    """One epoch of cross-entropy training with the per-iteration warm-up + cosine lr.
-    `epoch` is 1-based. Returns the epoch's statistics, summed over processes."""
-    model.train()
+def train_one_epoch(run, loader, epoch, args, first_iter=0, partial=None):
+    """Iterations first_iter.. of one epoch of cross-entropy training with the per-iteration warm-up
+    + cosine lr (`epoch` is 1-based). Returns this rank's sums so far ("loss_sum", "correct", "seen",
+    "loaded"), the lr, and "stopped_at" (the next iteration when a signal stopped the epoch)."""
+    run.model.train()
     iters = iterations_per_epoch(loader, args.max_iters_per_epoch)
     total_steps, warmup_steps = args.epochs * iters, int(round(args.warmup_epochs * iters))
-    loss_sum = correct = seen = 0.0
-    lr, t0 = args.lr, time.time()
-    progress = utils.Progress(iters, f"epoch {epoch}/{args.epochs}", args.log_every)
-    for it, batch in enumerate(loader):
+    sums = dict(partial or dict(loss_sum=0.0, correct=0, seen=0, loaded=0), stopped_at=None, lr=args.lr)
+    progress = utils.Progress(iters - first_iter, f"epoch {epoch}/{args.epochs}", args.log_every)
+    for it, batch in enumerate(loader, start=first_iter):
         if it >= iters:
             break
-        lr = utils.warmup_cosine_lr((epoch - 1) * iters + it, total_steps, warmup_steps, args.lr,
-                                    warmup_start_lr=args.warmup_start_lr)
-        utils.set_lr(optimizer, lr)
-        if batch["clips"].shape[0] == 0:  # every video of the batch was undecodable
-            continue
-        x = augment.student_input(batch["clips"][:, 0].to(device, non_blocking=True))
-        labels = batch["label"].to(device).view(-1)
-        with utils.autocast(device, args.precision):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), labels)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, iteration {it}; stopping")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        loss_sum += loss.item() * labels.numel()
-        correct += (logits.argmax(1) == labels).sum().item()
-        seen += labels.numel()
-        progress.update(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
+        sums["lr"] = lr = utils.warmup_cosine_lr((epoch - 1) * iters + it, total_steps, warmup_steps, args.lr,
+                                                 warmup_start_lr=args.warmup_start_lr)
+        utils.set_lr(run.optimizer, lr)
+        run.skipped.add(batch["skipped"])
+        sums["loaded"] += len(batch["skipped"]) + batch["clips"].shape[0]
+        if batch["clips"].shape[0] > 0:  # else every video of the batch was undecodable
+            labels = batch["label"].to(run.device).view(-1)
+            logits, loss = classifier_step(run, batch["clips"][:, 0].to(run.device, non_blocking=True), labels,
+                                           args, f"epoch {epoch}, iteration {it}, lr {lr:.4g}")
+            sums["loss_sum"] += loss * labels.numel()
+            sums["correct"] += (logits.argmax(1) == labels).sum().item()
+            sums["seen"] += labels.numel()
+            progress.update(loss=f"{loss:.3f}", lr=f"{lr:.3g}")
+        if run.stop.requested(run.device):
+            sums["stopped_at"] = it + 1
+            break
     progress.close()
-    n = max(1.0, utils.all_reduce_sum(seen, device))
-    return dict(epoch=epoch, loss=utils.all_reduce_sum(loss_sum, device) / n,
-                train_top1=100.0 * utils.all_reduce_sum(correct, device) / n, lr=lr, seconds=time.time() - t0)
+    return sums
+
+
+def classifier_step(run, clips, labels, args, where):
+    """Forward (autocast), cross-entropy, backward, SGD step on uint8 clips (B, 3, T, S, S). Returns the
+    logits and the loss; a non-finite loss stops the run with one line."""
+    with utils.autocast(run.device, args.precision):
+        logits = run.model(augment.student_input(clips))
+    loss = F.cross_entropy(logits.float(), labels)
+    if not math.isfinite(loss.item()):
+        raise utils.Diverged(f"the loss is {loss.item()} at {where}: the run diverged; lower --lr")
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return logits.detach(), loss.item()
 
 
 def _better(best, metrics, epoch):
@@ -396,50 +411,75 @@ def _better(best, metrics, epoch):
     return best
 
 
+def _resume_classifier(run, model, args, fingerprint):
+    state = checkpoint.resume_run(args.output_dir, fingerprint)
+    if state is None:
+        return dict(epoch=0, iteration=0, partial=None, best=None)
+    model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    where = f", {state['iteration']} iterations into epoch {state['epoch'] + 1}" if state["iteration"] else ""
+    utils.print_main(f"resumed from {args.output_dir}: {state['epoch']} of {args.epochs} epochs done{where}")
+    return {k: state[k] for k in ("epoch", "iteration", "partial", "best")}
+
+
+def _classifier_epoch(run, model, loader, test_set, epoch, args, state):
+    """One epoch from where `state` says it stands, its periodic test and its checkpoint; a signal
+    during it writes a checkpoint that resumes mid-epoch and stops the run."""
+    first_iter = state["iteration"] if epoch == state["epoch"] + 1 else 0
+    data.start_epoch(loader, epoch, first_iter)
+    sums = train_one_epoch(run, loader, epoch, args, first_iter, state["partial"] if first_iter else None)
+    save = dict(model=model.state_dict(), optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(),
+                fingerprint=run.fingerprint, args=vars(args))
+    if sums["stopped_at"] is not None:
+        partial = {k: sums[k] for k in ("loss_sum", "correct", "seen", "loaded")}
+        checkpoint.save_run(args.output_dir, dict(save, epoch=epoch - 1, iteration=sums["stopped_at"],
+                                                  partial=partial, best=state["best"]))
+        raise run.stop.stopped(epoch, sums["stopped_at"], args.output_dir)
+    skipped = run.skipped.end_epoch(sums["loaded"], run.device, f"epoch {epoch}")
+    n = max(1.0, utils.all_reduce_sum(sums["seen"], run.device))
+    stats = dict(epoch=epoch, loss=utils.all_reduce_sum(sums["loss_sum"], run.device) / n, lr=sums["lr"],
+                 train_top1=100.0 * utils.all_reduce_sum(sums["correct"], run.device) / n, skipped_videos=skipped)
+    utils.print_main(f"epoch {epoch}/{args.epochs}: loss {stats['loss']:.4f}, train top-1 {stats['train_top1']:.1f}%, "
+                     f"lr {stats['lr']:.4g}, skipped videos {skipped}")
+    run.logger.log(kind="epoch", **stats)
+    if args.eval_freq and epoch % args.eval_freq == 0 and epoch < args.epochs:
+        metrics = evaluate_multiview(model, test_set, run.device, args)
+        state["best"] = _better(state["best"], metrics, epoch)
+        utils.print_main(f"epoch {epoch}: test top-1 {metrics['top1']:.2f}% (best {state['best']['top1']:.2f}%)")
+        run.logger.log(kind="test", epoch=epoch, **metrics)
+    checkpoint.save_run(args.output_dir, dict(save, epoch=epoch, iteration=0, partial=None, best=state["best"]))
+
+
 def train_classifier(model, train_set, test_set, args, device):
     """SGD (momentum 0.9) with linear warm-up (--warmup_start_lr -> --lr over --warmup_epochs) then
-    cosine to 0; a checkpoint every epoch in --output_dir, resumed when the run is started again
-    with the same flags; a test every --eval_freq epochs and at the end. Returns the final test
-    metrics with the best top-1 seen ("best_top1", "best_epoch")."""
-    loader, sampler = train_loader(train_set, args, device)
+    cosine to 0; a checkpoint every epoch (and on SIGTERM / Ctrl-C, mid-epoch) in --output_dir,
+    resumed when the run is started again with the same flags; a test every --eval_freq epochs and at
+    the end. Returns the final test metrics with the best top-1 seen ("best_top1", "best_epoch")."""
+    loader, _ = data.train_loader(train_set, args.batch_size_per_gpu, args.num_workers, args.seed, device)
+    if len(loader) == 0:
+        raise ValueError(f"the training set has {len(train_set)} videos, fewer than one global batch of "
+                         f"--batch_size_per_gpu {args.batch_size_per_gpu} x {utils.get_world_size()} processes")
     model.to(device)
-    ddp_model = model
-    if utils.get_world_size() > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp_model = model if utils.get_world_size() == 1 else nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr, momentum=0.9,
                                 weight_decay=args.weight_decay)
-    scaler = utils.grad_scaler(device, args.precision)
-    fingerprint = checkpoint.run_fingerprint(args, files=("pretrained",))
-    start_epoch, best = 0, None
-    state = checkpoint.resume_run(args.output_dir, fingerprint)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, best = state["epoch"], state["best"]
-        utils.print_main(f"resumed from {args.output_dir}: {start_epoch} of {args.epochs} epochs done")
+    run = types.SimpleNamespace(model=ddp_model, optimizer=optimizer, scaler=utils.grad_scaler(device, args.precision),
+                                device=device, stop=utils.GracefulStop(),
+                                fingerprint=checkpoint.run_fingerprint(args, files=("pretrained",)),
+                                skipped=data.SkippedVideos(args.output_dir, args.max_skip_share))
+    state = _resume_classifier(run, model, args, run.fingerprint)
     utils.save_config(args, args.output_dir)
-    logger = utils.JsonlLogger(os.path.join(args.output_dir, "log.jsonl"))
-    for epoch in range(start_epoch + 1, args.epochs + 1):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        stats = train_one_epoch(ddp_model, loader, optimizer, scaler, epoch, args, device)
-        utils.print_main(f"epoch {epoch}/{args.epochs}: loss {stats['loss']:.4f}, "
-                         f"train top-1 {stats['train_top1']:.1f}%, lr {stats['lr']:.4g}")
-        logger.log(kind="epoch", **stats)
-        if args.eval_freq and epoch % args.eval_freq == 0 and epoch < args.epochs:
-            metrics = evaluate_multiview(model, test_set, device, args)
-            best = _better(best, metrics, epoch)
-            utils.print_main(f"epoch {epoch}: test top-1 {metrics['top1']:.2f}% (best {best['top1']:.2f}%)")
-            logger.log(kind="test", epoch=epoch, **metrics)
-        checkpoint.save_run(args.output_dir, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                                  scaler=scaler.state_dict(), epoch=epoch, best=best,
-                                                  fingerprint=fingerprint, args=vars(args)))
+    data.write_missing_videos(args.output_dir, train_set, test_set)
+    run.logger = utils.JsonlLogger(os.path.join(args.output_dir, "log.jsonl"))
+    with run.stop:
+        for epoch in range(state["epoch"] + 1, args.epochs + 1):
+            _classifier_epoch(run, model, loader, test_set, epoch, args, state)
     metrics = evaluate_multiview(model, test_set, device, args)
-    best = _better(best, metrics, args.epochs)
+    best = _better(state["best"], metrics, args.epochs)
     metrics.update(best_top1=best["top1"], best_epoch=best["epoch"])
-    logger.log(kind="test", epoch=args.epochs, **metrics)
+    run.logger.log(kind="test", epoch=args.epochs, **metrics)
     return metrics
 
 
@@ -478,18 +518,23 @@ MAX_CHUNK_ELEMENTS = 2 ** 26
 
 
 @torch.no_grad()
-def extract_features(encoder, dataset, device, batch_size, num_workers, precision="fp32", log_every=10):
+def extract_features(encoder, dataset, device, batch_size, num_workers, precision="fp32", log_every=10,
+                     skipped=None, what="the set"):
     """L2-normalised pooled features of every decodable video of a mode="test" dataset.
 
     Returns (features (N, C) float, labels (N,), indices (N,)) sorted by dataset index, on `device`.
     Under torchrun each process encodes its shard once and the shards are gathered, so every process
-    ends with the whole set, each video exactly once."""
+    ends with the whole set, each video exactly once. Undecodable videos are left out and, with a
+    data.SkippedVideos, listed (too many of them stop the run)."""
     encoder.eval()
-    feats, labels, indices = [], [], []
+    feats, labels, indices, loaded = [], [], [], 0
     loader = eval_loader(dataset, batch_size, num_workers, device)
     progress = utils.Progress(len(loader), "features", log_every)
     for batch in loader:
         clips = batch["clips"]  # uint8 (B, V, 3, T, S, S)
+        loaded += len(batch["skipped"]) + clips.shape[0]
+        if skipped is not None:
+            skipped.add(batch["skipped"])
         if clips.shape[0] == 0:
             continue
         B, V = clips.shape[:2]
@@ -500,6 +545,8 @@ def extract_features(encoder, dataset, device, batch_size, num_workers, precisio
         indices.append(batch["index"].to(device).view(-1).long())
         progress.update()
     progress.close()
+    if skipped is not None:
+        skipped.end_epoch(loaded, device, what)
     feats = torch.cat(feats) if feats else torch.zeros(0, encoder.feat_dim, device=device)
     labels, indices = [torch.cat(t) if t else torch.zeros(0, dtype=torch.long, device=device)
                        for t in (labels, indices)]
@@ -539,9 +586,12 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, k, nu
     return 100.0 * hits[1] / n, 100.0 * hits[5] / n
 
 
-def knn_top1_on_sets(encoder, train_set, val_set, device, k=20, batch_size=16, num_workers=0, precision="fp32"):
+def knn_top1_on_sets(encoder, train_set, val_set, device, skipped, k=20, batch_size=16, num_workers=0,
+                     precision="fp32"):
     """k-NN top-1 (%) of an encoder on two test-mode sets: the quick check pretrain.py runs after training."""
-    train_f, train_y, _ = extract_features(encoder, train_set, device, batch_size, num_workers, precision)
-    val_f, val_y, _ = extract_features(encoder, val_set, device, batch_size, num_workers, precision)
+    train_f, train_y, _ = extract_features(encoder, train_set, device, batch_size, num_workers, precision,
+                                           skipped=skipped, what="the k-NN training set")
+    val_f, val_y, _ = extract_features(encoder, val_set, device, batch_size, num_workers, precision,
+                                       skipped=skipped, what="the k-NN validation set")
     num_classes = int(max(train_y.max().item(), val_y.max().item())) + 1
     return knn_accuracy(train_f, train_y, val_f, val_y, k, num_classes)[0]

@@ -19,6 +19,7 @@ import os
 
 import torch
 
+import data
 import engine
 import utils
 
@@ -26,6 +27,7 @@ PAPER_DEFAULTS = dict(batch_size=64, test_clips=1, test_crops=1, num_frames=8, s
                       num_workers=8)
 SYNTHETIC_DEFAULTS = dict(batch_size=8, test_clips=1, test_crops=1, num_frames=4, stride=8, crop_size=64,
                           num_workers=1)
+FLAG_RULES = dict(nb_knn=">=1", temperature=">0")
 
 
 def get_args_parser():
@@ -54,17 +56,18 @@ def dump_features(folder, sets, features):
 
 
 def main(args):
-    if any(k < 1 for k in args.nb_knn):
-        raise ValueError(f"--nb_knn values must be at least 1, got {args.nb_knn}")
-    device = engine.prepare_eval(args, PAPER_DEFAULTS, SYNTHETIC_DEFAULTS)
+    device = engine.prepare_eval(args, PAPER_DEFAULTS, SYNTHETIC_DEFAULTS, FLAG_RULES)
     encoder = engine.load_backbone(args).to(device)
-    utils.save_config(args, args.output_dir)
     sets = (engine.build_split(args, "train", "test"), engine.build_split(args, "val", "test"))
+    utils.save_config(args, args.output_dir)
+    data.write_missing_videos(args.output_dir, *sets)
     utils.print_main(f"k-NN | {args.arch} from {args.pretrained} | {len(sets[0])} train / {len(sets[1])} val "
                      f"videos | {args.world_size} process(es) on {device} | {args.precision} | "
                      f"{args.test_clips}x{args.test_crops} views")
-    features = [engine.extract_features(encoder, s, device, args.batch_size_per_gpu, args.num_workers,
-                                        args.precision, args.log_every) for s in sets]
+    skipped = data.SkippedVideos(args.output_dir, args.max_skip_share)
+    features = [engine.extract_features(encoder, s, device, args.batch_size_per_gpu, args.num_workers, args.precision,
+                                        args.log_every, skipped, f"the {name} set")
+                for s, name in zip(sets, ("train", "val"))]
     (train_f, train_y, _), (val_f, val_y, _) = features
     utils.print_main(f"features: train {tuple(train_f.shape)}, val {tuple(val_f.shape)}; skipped "
                      f"{len(sets[0]) - len(train_f)} train / {len(sets[1]) - len(val_f)} val videos")

@@ -36,6 +36,7 @@ SYNTHETIC_DEFAULTS = dict(epochs=2, batch_size=8, lr=0.0025, warmup_epochs=0.0, 
                           weight_decay=0.0, test_clips=1, test_crops=1, num_frames=4, stride=8, crop_size=64,
                           num_workers=1)
 OFFICIAL_SPLITS = ("ucf101", "hmdb51")
+FLAG_RULES = dict(dropout="[0,1)")
 
 
 def paper_defaults(dataset):
@@ -68,7 +69,7 @@ def splits_of(args):
 
 def main(args):
     splits = splits_of(args)
-    device = engine.prepare_eval(args, paper_defaults(args.dataset), SYNTHETIC_DEFAULTS)
+    device = engine.prepare_eval(args, paper_defaults(args.dataset), SYNTHETIC_DEFAULTS, FLAG_RULES)
     per_split = {}
     for split in splits:
         out = args.output_dir if len(splits) == 1 else os.path.join(args.output_dir, f"split{split}")

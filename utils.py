@@ -11,9 +11,11 @@ import glob
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import random
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -191,18 +193,21 @@ def seed_everything(seed):
 # Random state (saved in checkpoints so that a resumed run replays what the interrupted one would have)
 # ----------------------------------------------------------------------------------------------
 
-def get_random_state():
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+def get_random_state(generators=None):
+    """Python, numpy, torch (and CUDA) RNG states, plus those of the named torch Generators."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "generators": {name: g.get_state() for name, g in (generators or {}).items()}}
 
 
-def set_random_state(state):
+def set_random_state(state, generators=None):
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    for name, g in (generators or {}).items():
+        g.set_state(state["generators"][name])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,14 +385,115 @@ class SetupError(RuntimeError):
     offline); the message names the flag that fixes it."""
 
 
+class Diverged(SetupError):
+    """Training blew up (a non-finite loss, exploding weights); the message names the flag to change."""
+
+
+class Stopped(Exception):
+    """A run stopped by a signal (SIGTERM, SIGINT) after writing what it needs to resume."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(f"stopped by {signal.Signals(signum).name}", signum)
+
+
+def _one_line_error(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run_cli(main, parser):
     """Run a script's main(args). Bad input (a ValueError, FileNotFoundError or SetupError that names
-    the flag or file) ends in one line on stderr and exit status 2, not a traceback."""
+    the flag or file) ends in one line on stderr and exit status 2, not a traceback; a run stopped by
+    SIGTERM or Ctrl-C ends in one line and status 128 + the signal number."""
+    signal.signal(signal.SIGTERM, _raise_stopped)  # default SIGTERM would end the run without a word
+    parser.error = _one_line_error  # argparse's own errors too: one line, not the usage block
     try:
         main(parser.parse_args())
     except (ValueError, FileNotFoundError, SetupError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _one_line_error(e)
+    except Stopped as e:
+        print(e, file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except KeyboardInterrupt:
+        print("stopped by SIGINT (Ctrl-C)", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+
+
+class GracefulStop:
+    """While active, SIGTERM (what SLURM sends before it preempts a job) and SIGINT (Ctrl-C) only ask
+    the training loop to stop after its current step, so that it can write a checkpoint that resumes
+    mid-epoch. A second Ctrl-C stops at once. Under torchrun the ranks agree on stopping (all-reduce),
+    so that they stop at the same step."""
+
+    def __init__(self):
+        self.signum, self._previous = None, {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def stopped(self, epoch, iteration, output_dir):
+        """The Stopped exception a loop raises once its mid-epoch checkpoint is written."""
+        name = signal.Signals(self.signum).name
+        return Stopped(f"stopped by {name} at epoch {epoch}, iteration {iteration}; checkpoint written to "
+                       f"{output_dir}: run the same command again to resume", self.signum)
+
+    def requested(self, device):
+        """Whether any rank got a signal (collective under torchrun: call it on every rank each step)."""
+        if is_distributed():
+            flag = torch.tensor(float(self.signum or 0), device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            self.signum = self.signum or (int(flag.item()) or None)
+        return self.signum is not None
+
+
+def _allowed(value, rule):
+    if isinstance(rule, tuple):
+        return value in rule
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    if rule.startswith(">="):
+        return value >= float(rule[2:])
+    if rule.startswith(">"):
+        return value > float(rule[1:])
+    low, high = (float(x) for x in rule[1:-1].split(","))
+    return (value >= low if rule[0] == "[" else value > low) and (value <= high if rule[-1] == "]" else value < high)
+
+
+def _describe(rule):
+    if isinstance(rule, tuple):
+        return "one of " + ", ".join(str(r) for r in rule)
+    if rule.startswith(">="):
+        return ">= " + rule[2:]
+    if rule.startswith(">"):
+        return "> " + rule[1:]
+    return "in " + rule.replace(",", ", ")
+
+
+def check_flags(args, rules):
+    """Stop at start-up, before anything is written, with one line naming the flag, its value and what
+    is allowed. rules: {flag: ">=a" | ">a" | "[a,b]" | "[a,b)" | "(a,b]" | "(a,b)" | (allowed, values)}.
+    Unset (None) flags are skipped; list values are checked one by one; floats must be finite."""
+    for flag, rule in rules.items():
+        value = getattr(args, flag, None)
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None and not _allowed(v, rule):
+                raise ValueError(f"--{flag} {v}: must be {_describe(rule)}")
 
 
 # ----------------------------------------------------------------------------------------------

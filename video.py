@@ -20,10 +20,12 @@ class UndecodableVideo(Exception):
     """A file that opens but holds nothing we can use (no video stream, no frame)."""
 
 
-# Everything a broken file can raise inside PyAV / numpy while we read it. av's errors derive from
-# av.error.FFmpegError (several also from ValueError/OSError); ZeroDivisionError covers a 0 fps header.
-DECODE_ERRORS = (av.error.FFmpegError, UndecodableVideo, EOFError, OSError, ValueError, ZeroDivisionError,
-                 IndexError, RuntimeError, TypeError, OverflowError, MemoryError)
+# What opening and decoding a broken or unreadable file raises, and nothing else: PyAV's errors all
+# derive from av.error.FFmpegError (a missing file is av.error.FileNotFoundError, garbage
+# InvalidDataError, a cut stream EOFError); UndecodableVideo is ours (no video stream, no frame). A bug
+# in the pipeline or a failed allocation (TypeError, IndexError, MemoryError, ...) is not a bad video:
+# it surfaces with its traceback.
+DECODE_ERRORS = (av.error.FFmpegError, UndecodableVideo)
 
 
 # ----------------------------------------------------------------------------------------------

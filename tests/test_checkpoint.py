@@ -61,7 +61,8 @@ def test_disk_full_leaves_the_previous_checkpoint_and_no_temporary(tmp_path, mon
             raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from e
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(utils.SetupError, match=f"no space left on the device of {tmp_path}.*previous checkpoint is intact"):
+    message = f"no space left on the device of {tmp_path}.*previous checkpoint is intact"
+    with pytest.raises(utils.SetupError, match=message):
         checkpoint.save({"epoch": 2}, str(path))
     monkeypatch.undo()
     assert checkpoint.load(str(path))["epoch"] == 1 and os.listdir(tmp_path) == ["checkpoint.pth"]

@@ -293,11 +293,13 @@ def bad_files(tmp_path_factory):
     return good, files
 
 
-def test_undecodable_files_give_none_without_crash(bad_files):
+def test_undecodable_files_are_set_aside_with_their_reason(bad_files):
     _, files = bad_files
     for kind, path in files.items():
-        ds = data.VideoDataset([(path, 0)], num_clips=2, num_frames=4, crop_size=16)
-        assert ds[0] is None, kind
+        item = data.VideoDataset([(path, 0)], num_clips=2, num_frames=4, crop_size=16)[0]
+        assert item["undecodable"] == path and item["index"] == 0 and "clips" not in item, kind
+        assert item["reason"].split(":")[0] in ("InvalidDataError", "FileNotFoundError", "UndecodableVideo",
+                                                "EOFError"), (kind, item["reason"])
 
 
 def test_damaged_but_readable_videos_still_decode(tmp_path):
@@ -312,8 +314,8 @@ def test_damaged_but_readable_videos_still_decode(tmp_path):
     open(path2, "wb").write(bytes(raw))
     for p in (path, path2):
         item = data.VideoDataset([(p, 0)], num_clips=2, num_frames=4, crop_size=16)[0]
-        assert item is None or item["clips"].shape == (2, 3, 4, 16, 16)
-    assert data.VideoDataset([(path, 0)], num_clips=1, num_frames=4, crop_size=16)[0] is not None
+        assert "undecodable" in item or item["clips"].shape == (2, 3, 4, 16, 16)
+    assert "clips" in data.VideoDataset([(path, 0)], num_clips=1, num_frames=4, crop_size=16)[0]
 
 
 def test_odd_sizes_and_frame_rates(tmp_path):
@@ -326,7 +328,7 @@ def test_odd_sizes_and_frame_rates(tmp_path):
         for mode in ("train", "test"):
             item = data.VideoDataset([(path, 0)], num_clips=2, num_frames=8, crop_size=24, mode=mode,
                                      test_clips=2, test_crops=3)[0]
-            assert item is not None and item["clips"].shape[1:] == (3, 8, 24, 24), (size, fps, mode)
+            assert item["clips"].shape[1:] == (3, 8, 24, 24), (size, fps, mode)
 
 
 def test_collate_counts_skipped_and_never_substitutes(bad_files):
@@ -335,23 +337,27 @@ def test_collate_counts_skipped_and_never_substitutes(bad_files):
     ds = data.VideoDataset(videos, num_clips=3, num_frames=2, crop_size=16)
     loader = torch.utils.data.DataLoader(ds, batch_size=5, num_workers=1, collate_fn=data.collate_skip_bad)
     batch = next(iter(loader))
-    assert batch["skipped"] == 3
+    assert [p for p, _ in batch["skipped"]] == [files["zero"], files["text"], files["missing"]]
     assert batch["clips"].shape == (2, 3, 3, 2, 16, 16)
     assert batch["label"].tolist() == [5, 8] and batch["index"].tolist() == [0, 3]
-    empty = data.collate_skip_bad([None, None])
-    assert empty["skipped"] == 2 and empty["clips"].shape[0] == 0
+    empty = data.collate_skip_bad([ds[1], ds[2]])
+    assert len(empty["skipped"]) == 2 and empty["clips"].shape[0] == 0
 
 
-def test_missing_files_fail_at_startup_with_count_and_paths(tmp_path, tiny_mp4):
+def test_missing_files_fail_at_startup_with_count_and_paths(tmp_path, tiny_mp4, capsys):
     place(tiny_mp4, str(tmp_path / "ok.mp4"))
     lines = ["ok.mp4 0"] + [f"gone{i}.mp4 1" for i in range(7)]
     (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(FileNotFoundError) as e:
         data.build_dataset("kinetics", root=str(tmp_path))
     assert "7 of 8" in str(e.value) and "gone0.mp4" in str(e.value) and "--skip_missing" in str(e.value)
-    with pytest.warns(UserWarning, match="7 of 8"):
-        ds = data.build_dataset("kinetics", root=str(tmp_path), skip_missing=True)
-    assert len(ds) == 1
+    assert "\n" not in str(e.value)
+    ds = data.build_dataset("kinetics", root=str(tmp_path), skip_missing=True)
+    assert len(ds) == 1 and "7 of 8" in capsys.readouterr().out
+    # every missing path, not only the first, is written where the user sees it
+    data.write_missing_videos(str(tmp_path / "out"), ds)
+    listed = (tmp_path / "out" / "missing_videos.txt").read_text().splitlines()
+    assert [os.path.basename(p) for p in listed] == [f"gone{i}.mp4" for i in range(7)]
 
 
 def test_bad_arguments_name_the_flag(tmp_path):

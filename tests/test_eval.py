@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
-import utils
+import utils  # noqa: F401  (first: registers the torchvision fallback)
 
 import augment  # noqa: E402
 import data  # noqa: E402
@@ -20,8 +20,8 @@ import engine  # noqa: E402
 import eval_knn  # noqa: E402
 import eval_linear  # noqa: E402
 import finetune  # noqa: E402
-import models  # noqa: E402
 import semisup  # noqa: E402
+from helpers import EVAL_TINY, make_small_set, save_tiny_checkpoint  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ class CodeLookup(nn.Module):
         return torch.stack([self.table[c] for c in codes])
 
 
-def test_multiview_test_aggregates_the_views_of_each_video():
+def test_multiview_test_aggregates_the_views_of_each_video(tmp_path):
     # Per video: view 0 strongly for a wrong class, views 1 and 2 moderately for the label (so the
     # label wins only when exactly this video's three views are softmax-averaged).
     num_videos, views, labels = 5, 3, [1, 0, 2, 1, 0]
@@ -129,7 +129,8 @@ def test_multiview_test_aggregates_the_views_of_each_video():
         for v in (1, 2):
             table[10 * i + v] = torch.zeros(3).index_fill_(0, torch.tensor([y]), 2.0)
     model = CodeLookup(table)
-    args = argparse.Namespace(batch_size_per_gpu=2 * views, num_workers=0, precision="fp32", log_every=1)
+    args = argparse.Namespace(batch_size_per_gpu=2 * views, num_workers=0, precision="fp32", log_every=1,
+                              output_dir=str(tmp_path), max_skip_share=0.0)
     metrics = engine.evaluate_multiview(model, ViewCodeDataset(num_videos, views, labels), torch.device("cpu"), args)
     assert metrics["top1"] == 100.0 and metrics["num_videos"] == num_videos
     # Only view 0 of each video: every answer wrong.
@@ -160,6 +161,9 @@ class SeparableClips(torch.utils.data.Dataset):
     def __getitem__(self, i):
         return {"clips": self.clips[i], "label": self.labels[i], "index": i}
 
+    def set_epoch(self, epoch):  # nothing random in these items
+        pass
+
 
 class ChannelMeanEncoder(nn.Module):
     """(N, 3, T, H, W) -> (N, 3, T): spatial means, through a batch norm (to see it stay frozen)."""
@@ -176,7 +180,7 @@ class ChannelMeanEncoder(nn.Module):
 def probe_args(tmp_path, **kw):
     args = dict(epochs=10, batch_size_per_gpu=16, lr=1.0, warmup_epochs=1.0, warmup_start_lr=0.0, weight_decay=0.0,
                 num_workers=0, seed=0, max_iters_per_epoch=0, test_clips=1, test_crops=1, precision="fp32",
-                log_every=10, eval_freq=0, output_dir=str(tmp_path / "probe"))
+                log_every=10, eval_freq=0, max_skip_share=0.0, output_dir=str(tmp_path / "probe"))
     args.update(kw)
     return argparse.Namespace(**args)
 
@@ -272,21 +276,14 @@ def test_distributed_extraction_every_video_once(tmp_path):
 # End to end on the synthetic set, from a pretrain.py-style checkpoint
 # ----------------------------------------------------------------------------------------------
 
-TINY = ["--dataset", "synthetic", "--crop_size", "32", "--num_frames", "2", "--stride", "4",
-        "--batch_size_per_gpu", "4", "--num_workers", "0", "--device", "cpu", "--test_clips", "1", "--test_crops", "1"]
+TINY = EVAL_TINY
 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    # A smaller set than the default (the scripts use whatever set the folder holds).
-    data.make_synthetic_dataset(str(root / "data"), seed=0, num_classes=3, videos_per_class=6,
-                                val_videos_per_class=3, num_frames=30)
-    torch.manual_seed(0)
-    ckpt = {"encoder": models.build_encoder("slow_tiny").state_dict(), "encoder_name": "slow_tiny",
-            "epoch": 3, "args": {"method": "iboot", "teacher": "efficientnet_lite0", "dataset": "synthetic",
-                                 "epochs": 3}}
-    torch.save(ckpt, str(root / "checkpoint.pth"))
+    make_small_set(root / "data")  # a smaller set than the default: the scripts use whatever set the folder holds
+    save_tiny_checkpoint(root / "checkpoint.pth")
     return root
 
 

@@ -3,15 +3,17 @@
 All runs use tiny synthetic clips and random-init teachers (offline).
 """
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
-import utils
+import utils  # noqa: F401  (first: registers the torchvision fallback)
 
 import data  # noqa: E402
 import pretrain  # noqa: E402
@@ -99,40 +101,70 @@ def _final_encoder(output_dir):
     return torch.load(os.path.join(output_dir, "checkpoint.pth"), weights_only=False)["encoder"]
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(synthetic_root, tmp_path):
-    argv = [sys.executable, "pretrain.py"] + TINY + [
-        "--data_root", synthetic_root, "--teacher_weights", "random", "--epochs", "3",
-        "--max_iters_per_epoch", "6", "--num_workers", "1", "--extra_ssl"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    reference = str(tmp_path / "uninterrupted")
-    subprocess.run(argv + ["--output_dir", reference], cwd=ROOT, env=env, check=True, capture_output=True)
+RESUME_ARGV = TINY + ["--teacher_weights", "random", "--epochs", "3", "--max_iters_per_epoch", "6",
+                      "--num_workers", "1", "--extra_ssl"]
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
 
-    resumed = str(tmp_path / "killed")
-    proc = subprocess.Popen(argv + ["--output_dir", resumed], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log_path = os.path.join(resumed, "log.jsonl")
-    deadline = time.time() + 300
-    killed_mid_epoch = False
+
+@pytest.fixture(scope="module")
+def uninterrupted(synthetic_root, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("uninterrupted"))
+    subprocess.run([sys.executable, "pretrain.py"] + RESUME_ARGV + ["--data_root", synthetic_root, "--output_dir", out],
+                   cwd=ROOT, env=ENV, check=True, capture_output=True)
+    return _final_encoder(out)
+
+
+def _start_and_signal(argv, output_dir, sig, epoch, iteration):
+    """Start pretrain.py and send `sig` once the log shows (epoch, iteration) under way."""
+    proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log_path, deadline = os.path.join(output_dir, "log.jsonl"), time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if os.path.isfile(log_path):
-            records = read_log(resumed)
-            # Past the first epoch's checkpoint and into the second epoch: kill it there.
-            if any(r.get("epoch") == 2 and r.get("iter", -1) >= 2 and r.get("kind") != "epoch" for r in records):
-                proc.send_signal(signal.SIGKILL)
-                killed_mid_epoch = True
-                break
-        time.sleep(0.05)
-    proc.wait()
-    assert killed_mid_epoch, "the run finished before it could be killed mid-epoch"
-    assert torch.load(os.path.join(resumed, "checkpoint.pth"), weights_only=False)["epoch"] == 1
+        if os.path.isfile(log_path) and any(r.get("epoch") == epoch and r.get("iter", -1) >= iteration
+                                            and r.get("kind") != "epoch" for r in read_log(output_dir)):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
 
-    out = subprocess.run(argv + ["--output_dir", resumed], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "resumed from" in out.stdout
-    a, b = _final_encoder(reference), _final_encoder(resumed)
+
+def _assert_same_weights(a, b):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs between the resumed and the uninterrupted run"
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(synthetic_root, tmp_path, uninterrupted):
+    resumed = str(tmp_path / "killed")
+    argv = [sys.executable, "pretrain.py"] + RESUME_ARGV + ["--data_root", synthetic_root, "--output_dir", resumed]
+    code, _, _ = _start_and_signal(argv, resumed, signal.SIGKILL, epoch=2, iteration=2)
+    assert code == -signal.SIGKILL, "the run finished before it could be killed mid-epoch"
+    assert torch.load(os.path.join(resumed, "checkpoint.pth"), weights_only=False)["epoch"] == 1
+    out = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resumed from" in out.stdout
+    _assert_same_weights(uninterrupted, _final_encoder(resumed))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_writes_a_mid_epoch_checkpoint_that_resumes_exactly(sig, synthetic_root, tmp_path, uninterrupted):
+    """SIGTERM (SLURM's notice before preemption) or Ctrl-C at a random step: the run finishes that step,
+    writes a checkpoint that resumes mid-epoch, exits with one line and 128 + the signal; started
+    again, it ends with the uninterrupted run's weights, bit for bit."""
+    epoch, iteration = [int(v) for v in np.random.default_rng(int(sig)).integers((1, 0), (4, 5))]
+    resumed = str(tmp_path / "signalled")
+    argv = [sys.executable, "pretrain.py"] + RESUME_ARGV + ["--data_root", synthetic_root, "--output_dir", resumed]
+    code, _, err = _start_and_signal(argv, resumed, sig, epoch, iteration)
+    assert code == 128 + sig, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(rf"stopped by {sig.name} at epoch {epoch}, iteration \d+; checkpoint written to "
+                        rf"{re.escape(resumed)}: run the same command again to resume", last), last
+    ckpt = torch.load(os.path.join(resumed, "checkpoint.pth"), weights_only=False)
+    assert ckpt["epoch"] == epoch - 1 and ckpt["iteration"] > iteration
+    out = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"iterations into epoch {epoch}" in out.stdout
+    _assert_same_weights(uninterrupted, _final_encoder(resumed))
 
 
 def test_two_cpu_ranks_hold_identical_weights(synthetic_root, tmp_path):
