@@ -202,7 +202,7 @@ class VideoDataset(torch.utils.data.Dataset):
     @property
     def test_short_side(self):
         """Short side of the test views: TEST_CROP_SIZE, but kinetics.py resizes a single crop's frames
-        to TRAIN_JITTER_SCALES[0] (256; the same value in every contrastive_ssl config)."""
+        to TRAIN_JITTER_SCALES[0] (256 in the BYOL, linear, ucf and SSv2 configs, as TEST_CROP_SIZE)."""
         if self.sampling == "kinetics" and self.test_crops == 1:
             return max(self.short_side[0], self.test_crop_size)
         return self.test_crop_size

@@ -449,8 +449,8 @@ def training_input(clips, args, epoch, iteration):
 def build_sgd(model, args):
     """SGD as PySlowFast's models/optimizer.py construct_optimizer: momentum 0.9 (the paper), Nesterov
     (SOLVER.NESTEROV, default True, not changed by the contrastive_ssl configs), batch-norm weights and
-    biases in their own group with --bn_weight_decay (BN.WEIGHT_DECAY 0.0 in every contrastive_ssl
-    config), every other trainable parameter with --weight_decay."""
+    biases in their own group with --bn_weight_decay (BN.WEIGHT_DECAY 0.0 in the BYOL, linear, ucf and
+    SSv2 configs), every other trainable parameter with --weight_decay."""
     bn, other = [], []
     for module in model.modules():
         is_bn = isinstance(module, nn.modules.batchnorm._NormBase)
