@@ -2,10 +2,14 @@
 
 Worker side (uint8, one clip at a time, in data.py's workers):
     random_short_side_crop  random short side in [256, 320], random 224 crop, resizing only the crop
+    random_resized_crop     PySlowFast's random resized crop (area and aspect ranges; the rhoBYOL recipe)
     uniform_crop_boxes      the 3 (or 1) spatial crops of multi-view testing, as PySlowFast
-    crop_resize / hflip     the primitives both use
+    crop_resize / hflip     the primitives they use
 Device side (float, batched, on the training device, CPU or GPU):
-    GpuAugment              colour jitter (p=0.8), grayscale (p=0.2), Gaussian blur (p=0.5)
+    GpuAugment              colour jitter (p=0.8), grayscale (p=0.2), Gaussian blur (p=0.5); other
+                            parameter sets: PYSLOWFAST_BYOL_JITTER, PYSLOWFAST_FINETUNE_JITTER
+    PRETRAIN_RECIPES        pretraining augmentation: the paper's text ("paper") or PySlowFast's
+                            BYOL_SlowR50_8x8.yaml ("pyslowfast_byol")
     normalize               mean/std normalisation; STUDENT_MEAN/STD are PySlowFast's Kinetics values
     student_input           clips (uint8 or float in [0, 1]) -> the online network's normalised input
 
@@ -34,6 +38,33 @@ JITTER_P = 0.8
 GRAYSCALE_P = 0.2
 BLUR_P = 0.5
 BLUR_SIGMA = (0.1, 2.0)
+
+# The colour parameter sets GpuAugment is built with (keyword arguments of GpuAugment).
+# Section 4.1, iBoot's text: the paper's pretraining recipe.
+PAPER_JITTER = dict(COLOR_JITTER, jitter_p=JITTER_P, grayscale_p=GRAYSCALE_P, blur_p=BLUR_P)
+# PySlowFast configs/contrastive_ssl/BYOL_SlowR50_8x8.yaml: SSL_COLOR_BRI_CON_SAT [0.6, 0.6, 0.6],
+# SSL_COLOR_HUE 0.15, COLOR_RND_GRAYSCALE 0.2, SSL_MOCOV2_AUG True; with the MoCo v2 flag,
+# datasets/transform.py color_jitter_video_ssl applies RandomApply(ColorJitter, p=0.8), then
+# RandomGrayscale, then RandomApply(GaussianBlur(sigma [0.1, 2.0]), p=0.5).
+PYSLOWFAST_BYOL_JITTER = dict(brightness=0.6, contrast=0.6, saturation=0.6, hue=0.15, jitter_p=0.8,
+                              grayscale_p=0.2, blur_p=0.5)
+# PySlowFast configs/contrastive_ssl/finetune_ucf_Slow_R50_syn8.yaml: SSL_COLOR_JITTER True,
+# SSL_COLOR_BRI_CON_SAT [0.4, 0.4, 0.4], SSL_COLOR_HUE 0.1, COLOR_RND_GRAYSCALE 0.2 and no
+# SSL_MOCOV2_AUG, so color_jitter_video_ssl's other branch: RandomGrayscale(0.2) FIRST, then ColorJitter
+# on every clip (no RandomApply), and no blur.
+PYSLOWFAST_FINETUNE_JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, jitter_p=1.0,
+                                  grayscale_p=0.2, blur_p=0.0, grayscale_first=True)
+# BYOL_SlowR50_8x8.yaml: TRAIN_JITTER_SCALES_RELATIVE [0.2, 0.766] (crop area / frame area) and
+# TRAIN_JITTER_ASPECT_RELATIVE [0.75, 1.3333] (w / h), used by datasets/utils.py spatial_sampling.
+RESIZED_CROP_AREA = (0.2, 0.766)
+RESIZED_CROP_ASPECT = (0.75, 1.3333)
+# Pretraining recipes (pretrain.py --augmentation): worker-side crop (None: random short side in
+# [256, 320] then a random 224 crop, the paper's text; else (area, aspect) of a random resized crop)
+# and the device-side colour parameters. Both flip horizontally with p=0.5 (PySlowFast RANDOM_FLIP).
+PRETRAIN_RECIPES = {
+    "paper": dict(resized_crop=None, jitter=PAPER_JITTER),
+    "pyslowfast_byol": dict(resized_crop=(RESIZED_CROP_AREA, RESIZED_CROP_ASPECT), jitter=PYSLOWFAST_BYOL_JITTER),
+}
 
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.
 _LUMA = (0.2989, 0.587, 0.114)
@@ -115,10 +146,15 @@ def scaled_size(height, width, short_side):
     return short_side, int(math.floor(width / height * short_side))
 
 
-def random_short_side_box(height, width, crop_size, short_side_range, rng):
-    """Random short side in [min, max] (uniform, PySlowFast's default) then a random crop_size crop."""
+def random_short_side_box(height, width, crop_size, short_side_range, rng, inverse_uniform=False):
+    """Random short side in [min, max] then a random crop_size crop. The side is uniform (PySlowFast's
+    default), or with inverse_uniform its reciprocal is uniform in [1/max, 1/min] (PySlowFast
+    DATA.INV_UNIFORM_SAMPLE, set by finetune_SSv2_Slow_R50_syn8.yaml; transform.random_short_side_scale_jitter)."""
     lo, hi = short_side_range
-    short_side = int(round(rng.uniform(lo, hi)))
+    if inverse_uniform:
+        short_side = int(round(1.0 / rng.uniform(1.0 / hi, 1.0 / lo)))
+    else:
+        short_side = int(round(rng.uniform(lo, hi)))
     short_side = max(short_side, crop_size)
     new_h, new_w = scaled_size(height, width, short_side)
     y_off = int(rng.integers(0, new_h - crop_size + 1))
@@ -126,28 +162,63 @@ def random_short_side_box(height, width, crop_size, short_side_range, rng):
     return short_side_scale_box(height, width, short_side, crop_size, y_off, x_off)
 
 
-def random_short_side_crop(frames, crop_size, short_side_range, rng, flip=True):
+def random_short_side_crop(frames, crop_size, short_side_range, rng, flip=True, inverse_uniform=False):
     """Training geometry of one clip: frames uint8 (T, H, W, 3) (or a list of (H, W, 3) arrays) ->
     uint8 (3, T, crop, crop). One short side, one crop box and one flip decision for all T frames;
     rng is a numpy Generator.
     """
-    box = random_short_side_box(*_frame_hw(frames), crop_size, short_side_range, rng)
+    box = random_short_side_box(*_frame_hw(frames), crop_size, short_side_range, rng, inverse_uniform)
     clip = crop_resize(frames, box, crop_size)
     if flip and rng.random() < 0.5:
         clip = hflip(clip)
     return clip
 
 
-def uniform_crop_boxes(height, width, crop_size, num_crops):
-    """Test-time crops as PySlowFast: short side resized to crop_size, then num_crops (3 or 1) crops.
+def random_resized_box(height, width, area, aspect, rng, tries=10):
+    """PySlowFast's random resized crop box (datasets/transform.py _get_param_spatial_crop, as called by
+    random_resized_crop): up to 10 draws of an area fraction uniform in `area` and an aspect ratio w/h
+    log-uniform in `aspect`, sides rounded; the first box that fits is placed uniformly at random.
+    If none fits, the centre crop of the frame clamped to the aspect range. Returns (y0, x0, h, w)."""
+    for _ in range(tries):
+        target = rng.uniform(*area) * height * width
+        ratio = math.exp(rng.uniform(math.log(aspect[0]), math.log(aspect[1])))
+        w = int(round(math.sqrt(target * ratio)))
+        h = int(round(math.sqrt(target / ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < min(aspect):
+        w, h = width, int(round(width / min(aspect)))
+    elif in_ratio > max(aspect):
+        h, w = height, int(round(height * max(aspect)))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop(frames, crop_size, area, aspect, rng, flip=True):
+    """Training geometry of the rhoBYOL recipe: one random resized box for all T frames of a clip,
+    resized to crop_size x crop_size, then a horizontal flip with p=0.5. uint8 (3, T, crop, crop)."""
+    box = random_resized_box(*_frame_hw(frames), area, aspect, rng)
+    clip = crop_resize(frames, box, crop_size)
+    if flip and rng.random() < 0.5:
+        clip = hflip(clip)
+    return clip
+
+
+def uniform_crop_boxes(height, width, crop_size, num_crops, short_side=None, single_index=1):
+    """Test-time crops as PySlowFast (datasets/utils.py spatial_sampling -> transform.uniform_crop):
+    short side resized to `short_side` (default crop_size), then num_crops (3 or 1) crops.
 
     With 3 crops: left/centre/right along the long side (top/centre/bottom for portrait video); with
-    1: the centre crop. Returned as source boxes (y0, x0, h, w).
+    1: crop `single_index` (1, the centre, as kinetics.py; ssv2.py takes index 0, the left/top one).
+    Returned as source boxes (y0, x0, h, w).
     """
     if num_crops not in (1, 3):
         raise ValueError(f"test_crops must be 1 or 3, got {num_crops}")
-    new_h, new_w = scaled_size(height, width, crop_size)
-    spatial = [1] if num_crops == 1 else [0, 1, 2]
+    short_side = max(short_side or crop_size, crop_size)
+    new_h, new_w = scaled_size(height, width, short_side)
+    spatial = [single_index] if num_crops == 1 else [0, 1, 2]
     boxes = []
     for idx in spatial:
         y_off = int(math.ceil((new_h - crop_size) / 2))
@@ -156,7 +227,7 @@ def uniform_crop_boxes(height, width, crop_size, num_crops):
             y_off = {0: 0, 1: y_off, 2: new_h - crop_size}[idx]
         else:
             x_off = {0: 0, 1: x_off, 2: new_w - crop_size}[idx]
-        boxes.append(short_side_scale_box(height, width, crop_size, crop_size, y_off, x_off))
+        boxes.append(short_side_scale_box(height, width, short_side, crop_size, y_off, x_off))
     return boxes
 
 
@@ -288,25 +359,36 @@ def sample_params(n, generator=None, brightness=0.2, contrast=0.2, saturation=0.
     )
 
 
-def apply_params(x, params, kernel_size=None):
-    """Apply per-clip parameters to x (N, 3, T, H, W): uint8 in [0,255] or float in [0,1] -> float [0,1].
-
-    Order: colour jitter (its four ops in the clip's order), grayscale, blur, as SimCLR/BYOL.
-    """
-    if x.dim() != 5 or x.shape[1] != 3:
-        raise ValueError(f"expected clips (N, 3, T, H, W), got {tuple(x.shape)}")
-    x = x.float().div_(255) if x.dtype == torch.uint8 else x.float().clone()
-    dev = x.device
-    p = {k: v.to(dev) for k, v in params.items()}
+def _apply_jitter(x, p):
     factors = (p["brightness"], p["contrast"], p["saturation"], p["hue"])
     for step in range(4):
         for op in range(4):
             idx = torch.nonzero(p["jitter"] & (p["order"][:, step] == op)).flatten()
             if idx.numel():
                 x[idx] = _JITTER_OPS[op](x[idx], factors[op][idx])
+
+
+def _apply_grayscale(x, p):
     idx = torch.nonzero(p["grayscale"]).flatten()
     if idx.numel():
         x[idx] = to_grayscale(x[idx])
+
+
+def apply_params(x, params, kernel_size=None, grayscale_first=False):
+    """Apply per-clip parameters to x (N, 3, T, H, W): uint8 in [0,255] or float in [0,1] -> float [0,1].
+
+    Order: colour jitter (its four ops in the clip's order), grayscale, blur, as SimCLR/BYOL and
+    PySlowFast's MoCo v2 branch; grayscale_first: grayscale before the jitter, as PySlowFast's other
+    branch (color_jitter_video_ssl without SSL_MOCOV2_AUG, the fine-tuning recipe).
+    """
+    if x.dim() != 5 or x.shape[1] != 3:
+        raise ValueError(f"expected clips (N, 3, T, H, W), got {tuple(x.shape)}")
+    x = x.float().div_(255) if x.dtype == torch.uint8 else x.float().clone()
+    dev = x.device
+    p = {k: v.to(dev) for k, v in params.items()}
+    steps = (_apply_grayscale, _apply_jitter) if grayscale_first else (_apply_jitter, _apply_grayscale)
+    for step in steps:
+        step(x, p)
     idx = torch.nonzero(p["blur"]).flatten()
     if idx.numel():
         k = kernel_size or blur_kernel_size(min(x.shape[-2:]))
@@ -315,7 +397,8 @@ def apply_params(x, params, kernel_size=None):
 
 
 class GpuAugment(nn.Module):
-    """Batched colour jitter (p=0.8), grayscale (p=0.2) and Gaussian blur (sigma U[0.1, 2], p=0.5).
+    """Batched colour jitter (p=0.8), grayscale (p=0.2) and Gaussian blur (sigma U[0.1, 2], p=0.5) by
+    default (the paper); other parameter sets: GpuAugment(**PYSLOWFAST_BYOL_JITTER) and so on.
 
     forward(x uint8 or float (N, 3, T, H, W)) -> float (N, 3, T, H, W) in [0, 1], every clip with its
     own parameters, the same on all its T frames. Parameters come from a CPU torch.Generator (seeded
@@ -324,11 +407,12 @@ class GpuAugment(nn.Module):
 
     def __init__(self, brightness=COLOR_JITTER["brightness"], contrast=COLOR_JITTER["contrast"],
                  saturation=COLOR_JITTER["saturation"], hue=COLOR_JITTER["hue"], jitter_p=JITTER_P,
-                 grayscale_p=GRAYSCALE_P, blur_p=BLUR_P, blur_sigma=BLUR_SIGMA, kernel_size=None, seed=0):
+                 grayscale_p=GRAYSCALE_P, blur_p=BLUR_P, blur_sigma=BLUR_SIGMA, kernel_size=None, seed=0,
+                 grayscale_first=False):
         super().__init__()
         self.cfg = dict(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue,
                         jitter_p=jitter_p, grayscale_p=grayscale_p, blur_p=blur_p, blur_sigma=blur_sigma)
-        self.kernel_size = kernel_size
+        self.kernel_size, self.grayscale_first = kernel_size, grayscale_first
         self.generator = torch.Generator().manual_seed(seed)
 
     def reseed(self, seed):
@@ -339,7 +423,7 @@ class GpuAugment(nn.Module):
 
     @torch.no_grad()
     def forward(self, x, generator=None):
-        return apply_params(x, self.sample_params(x.shape[0], generator), self.kernel_size)
+        return apply_params(x, self.sample_params(x.shape[0], generator), self.kernel_size, self.grayscale_first)
 
     def extra_repr(self):
-        return ", ".join(f"{k}={v}" for k, v in self.cfg.items())
+        return ", ".join(f"{k}={v}" for k, v in dict(self.cfg, grayscale_first=self.grayscale_first).items())

@@ -11,10 +11,17 @@
     make_synthetic_dataset                  small H.264 mp4 set, deterministic from a seed, cached
     ensure_synthetic_dataset                the set in a folder: the one there, else the default one (rank 0)
 
-Sampling follows PySlowFast (datasets/decoder.py): a clip covers num_frames x stride frames at 30 fps,
-i.e. num_frames * stride * fps / 30 frames of a video at fps; training starts are uniform in
-[0, max(0, n - window)], test clips are evenly spaced; T indices are a linspace over the window, clamped
-to the video, so videos shorter than the window repeat their last frames instead of being dropped.
+Sampling follows PySlowFast, in one of two ways (`sampling`, chosen by the data set):
+- "kinetics" (datasets/kinetics.py + decoder.py; Kinetics, UCF101, HMDB51 and the rest): a clip covers
+  num_frames x stride frames at 30 fps, i.e. num_frames * stride * fps / 30 frames of a video at fps;
+  training starts are uniform in [0, max(0, n - window)]; test clip i of K starts at delta * i / K
+  (get_start_end_idx with DATA.USE_OFFSET_SAMPLING False; test_spacing="offset" is the True branch);
+  T indices are a linspace over the window, clamped to the video (temporal_sampling), so videos
+  shorter than the window repeat their last frames instead of being dropped.
+- "ssv2" (datasets/ssv2.py get_seq_frames): T frames, one per uniform segment of the whole video, a
+  random one of each segment in training and the segment's middle at test (so one test clip).
+Test views are resized so the short side is test_crop_size (PySlowFast DATA.TEST_CROP_SIZE, 256 for
+224 training crops) and cropped test_crop_size x test_crop_size (3 crops, or 1 as each dataset class).
 
 Each item opens its video once and decodes, in one pass, only the frames its clips need (video.py).
 A video that cannot be decoded gives None (never another video): the collate function counts it and
@@ -49,18 +56,46 @@ def clip_window(fps, num_frames, stride, target_fps=30):
     return num_frames * stride * fps / target_fps
 
 
-def clip_start(video_frames, window, clip_idx, num_clips, rng=None):
-    """First frame (float) of a clip, as PySlowFast's get_start_end_idx.
+SAMPLINGS = ("kinetics", "ssv2")
+TEST_SPACINGS = ("uniform", "offset")
 
-    clip_idx == -1: uniform random in [0, delta]; otherwise clip clip_idx of num_clips evenly spaced
-    over [0, delta] (delta * i / (K - 1)), the centre one when num_clips == 1.
+
+def default_sampling(dataset):
+    """The PySlowFast dataset class a data set follows: ssv2.py for ssv2, kinetics.py for the others
+    (PySlowFast fine-tunes UCF101 with TRAIN.DATASET kinetics, finetune_ucf_Slow_R50_syn8.yaml)."""
+    return "ssv2" if dataset == "ssv2" else "kinetics"
+
+
+def clip_start(video_frames, window, clip_idx, num_clips, rng=None, spacing="uniform"):
+    """First frame (float) of a clip, as PySlowFast's decoder.get_start_end_idx.
+
+    clip_idx == -1: uniform random in [0, delta], delta = max(video_frames - window, 0). Otherwise
+    clip clip_idx of num_clips: spacing "uniform" (DATA.USE_OFFSET_SAMPLING False, PySlowFast's default)
+    starts it at delta * i / K, so one clip starts at 0 and the last of K at delta (K-1)/K; "offset"
+    (USE_OFFSET_SAMPLING True) at i * floor(delta / (K - 1)), floor(delta / 2) for one clip, so the clips
+    reach both ends of the video.
     """
+    if spacing not in TEST_SPACINGS:
+        raise ValueError(f"--test_spacing must be one of {', '.join(TEST_SPACINGS)}, got {spacing!r}")
     delta = max(video_frames - window, 0)
     if clip_idx == -1:
         return rng.uniform(0, delta)
-    if num_clips == 1:
-        return delta / 2
-    return delta * clip_idx / (num_clips - 1)
+    if spacing == "offset":
+        return math.floor(delta / 2) if num_clips == 1 else clip_idx * math.floor(delta / (num_clips - 1))
+    return delta * clip_idx / num_clips
+
+
+def segment_indices(video_frames, num_frames, rng=None):
+    """SSv2 sampling, PySlowFast's ssv2.py get_seq_frames: the video's frames 0..n-1 cut into num_frames
+    segments of (n - 1) / T frames; segment i spans [round(s * i), round(s * (i + 1))] (numpy's
+    round-half-to-even), and gives a uniformly random frame of it (inclusive, training: rng given) or
+    its middle (start + end) // 2 (test: rng None)."""
+    seg = (video_frames - 1) / num_frames
+    out = []
+    for i in range(num_frames):
+        start, end = int(np.round(seg * i)), int(np.round(seg * (i + 1)))
+        out.append(int(rng.integers(start, end + 1)) if rng is not None else (start + end) // 2)
+    return np.array(out, dtype=np.int64)
 
 
 def clip_indices(video_frames, window, num_frames, start):
@@ -78,8 +113,10 @@ class VideoDataset(torch.utils.data.Dataset):
     """All clips of one video per item.
 
     videos: list of (path, label) (label None/-1 when unlabelled). mode "train": num_clips clips at
-    independent random starts, each with its own random short side, crop and flip. mode "test":
-    test_clips evenly spaced clips x test_crops crops (10x3 or 1x1), clip-major order.
+    independent random starts, each with its own random short side and crop (or, with resized_crop =
+    (area, aspect), PySlowFast's random resized crop) and flip. mode "test": test_clips clips x
+    test_crops crops of test_crop_size (10x3 or 1x1), clip-major order. sampling "kinetics" or "ssv2"
+    and test_spacing "uniform" or "offset": see the module docstring.
     Item: {"clips": uint8 (V, 3, T, S, S), "label": int, "index": int}, or, when the file cannot be
     opened or decoded, {"undecodable": path, "reason": "...", "index": int} (collate_skip_bad sets
     those aside; never another video in its place). Every random choice of an item derives from
@@ -88,7 +125,8 @@ class VideoDataset(torch.utils.data.Dataset):
 
     def __init__(self, videos, num_clips=1, num_frames=8, stride=8, crop_size=224, short_side=None,
                  mode="train", test_clips=10, test_crops=3, target_fps=30, hflip=True, seed=0,
-                 classes=None, decode_threads=1):
+                 classes=None, decode_threads=1, test_crop_size=None, test_spacing="uniform",
+                 sampling="kinetics", resized_crop=None):
         if mode not in ("train", "test"):
             raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
         if num_frames < 1 or stride < 1 or crop_size < 1 or num_clips < 1:
@@ -99,9 +137,11 @@ class VideoDataset(torch.utils.data.Dataset):
         # Paper: short side in [256, 320] for 224 crops; smaller crops keep the same ratios.
         self.short_side = tuple(short_side) if short_side else (
             int(round(crop_size * 256 / 224)), int(round(crop_size * 320 / 224)))
+        # PySlowFast DATA.TEST_CROP_SIZE 256 for TRAIN_CROP_SIZE 224; smaller crops keep the ratio.
+        self.test_crop_size = test_crop_size or int(round(crop_size * 256 / 224))
         self.test_clips, self.test_crops = test_clips, test_crops
-        if mode == "test" and test_crops not in (1, 3):
-            raise ValueError(f"test_crops must be 1 or 3, got {test_crops}")
+        self.test_spacing, self.sampling, self.resized_crop = test_spacing, sampling, resized_crop
+        self._check_protocol()
         self.seed, self.epoch = seed, 0
         self.classes = classes
         self.decode_threads = decode_threads
@@ -129,15 +169,58 @@ class VideoDataset(torch.utils.data.Dataset):
             return {"undecodable": path, "reason": f"{type(e).__name__}: {e}", "index": index}
         return {"clips": clips, "label": label, "index": index}
 
+    def _check_protocol(self):
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"--sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
+        if self.test_spacing not in TEST_SPACINGS:
+            raise ValueError(f"--test_spacing must be one of {', '.join(TEST_SPACINGS)}, got {self.test_spacing!r}")
+        if self.test_crop_size < 1:
+            raise ValueError(f"--test_crop_size must be at least 1, got {self.test_crop_size}")
+        if self.mode == "test" and self.test_crops not in (1, 3):
+            raise ValueError(f"test_crops must be 1 or 3, got {self.test_crops}")
+        if self.mode == "test" and self.sampling == "ssv2" and self.test_clips != 1:
+            raise ValueError(f"--test_clips must be 1 with --sampling ssv2, got {self.test_clips}: its test frames are "
+                             "fixed (the middle of each segment, PySlowFast ssv2.py), so more clips would repeat "
+                             "them; for 3 views pass --test_crops 3")
+
     def clip_plan(self, info, rng):
         """Frame indices of every clip (list of int arrays) for a video described by info."""
         n = max(info.num_frames, 1)
+        if self.sampling == "ssv2":
+            return [segment_indices(n, self.num_frames, rng if self.mode == "train" else None)
+                    for _ in range(self.num_clips if self.mode == "train" else 1)]
         window = clip_window(info.fps, self.num_frames, self.stride, self.target_fps)
         if self.mode == "train":
             starts = [clip_start(n, window, -1, 1, rng) for _ in range(self.num_clips)]
         else:
-            starts = [clip_start(n, window, i, self.test_clips) for i in range(self.test_clips)]
+            starts = [clip_start(n, window, i, self.test_clips, spacing=self.test_spacing)
+                      for i in range(self.test_clips)]
         return [clip_indices(n, window, self.num_frames, s) for s in starts]
+
+    @property
+    def test_short_side(self):
+        """Short side of the test views: TEST_CROP_SIZE, but kinetics.py resizes a single crop's frames
+        to TRAIN_JITTER_SCALES[0] (256 in the BYOL, linear, ucf and SSv2 configs, as TEST_CROP_SIZE)."""
+        if self.sampling == "kinetics" and self.test_crops == 1:
+            return max(self.short_side[0], self.test_crop_size)
+        return self.test_crop_size
+
+    def train_view(self, clip, rng):
+        """One training clip (T frames) -> uint8 (3, T, crop, crop): random short side + crop, or the
+        random resized crop; SSv2 draws the short side inverse-uniformly (finetune_SSv2 INV_UNIFORM_SAMPLE)."""
+        if self.resized_crop is not None:
+            return augment.random_resized_crop(clip, self.crop_size, *self.resized_crop, rng, flip=self.hflip)
+        return augment.random_short_side_crop(clip, self.crop_size, self.short_side, rng, flip=self.hflip,
+                                              inverse_uniform=self.sampling == "ssv2")
+
+    def test_views(self, clip):
+        """The test_crops views of one test clip: uint8 (3, T, S, S) each, S = test_crop_size. A single
+        crop is the centre one (kinetics.py) or the first, left or top, one (ssv2.py: spatial index
+        = view index % TEST.NUM_SPATIAL_CROPS = 0)."""
+        boxes = augment.uniform_crop_boxes(*clip[0].shape[:2], self.test_crop_size, self.test_crops,
+                                           short_side=self.test_short_side,
+                                           single_index=0 if self.sampling == "ssv2" else 1)
+        return [augment.crop_resize(clip, box, self.test_crop_size) for box in boxes]
 
     def load_clips(self, path, rng=None):
         """uint8 (V, 3, T, S, S) for one video; raises one of DECODE_ERRORS."""
@@ -147,17 +230,15 @@ class VideoDataset(torch.utils.data.Dataset):
             plans[:] = self.clip_plan(info, rng)
             return np.unique(np.concatenate(plans))
 
-        max_short = self.short_side[1] if self.mode == "train" else self.crop_size
+        max_short = self.short_side[1] if self.mode == "train" else self.test_short_side
         _, frames = read_frames(path, plan, max_short_side=max_short, decode_threads=self.decode_threads)
         views = []
         for idx in plans:
             clip = [frames[int(i)] for i in idx]  # T arrays (H, W, 3); only crops get copied
             if self.mode == "train":
-                views.append(augment.random_short_side_crop(clip, self.crop_size, self.short_side, rng,
-                                                            flip=self.hflip))
+                views.append(self.train_view(clip, rng))
             else:
-                for box in augment.uniform_crop_boxes(*clip[0].shape[:2], self.crop_size, self.test_crops):
-                    views.append(augment.crop_resize(clip, box, self.crop_size))
+                views.extend(self.test_views(clip))
         return torch.stack(views)
 
 
@@ -464,7 +545,10 @@ def read_video_list(name, root=None, split="train", list_file=None, official_spl
 
 def build_dataset(name, root=None, split="train", list_file=None, official_split=1, skip_missing=False,
                   **sampling):
-    """VideoDataset over a named data set; sampling keywords go to VideoDataset (num_clips, mode, ...)."""
+    """VideoDataset over a named data set; sampling keywords go to VideoDataset (num_clips, mode, ...).
+    Its `sampling` (PySlowFast dataset class) defaults to the data set's: default_sampling(name)."""
+    if sampling.get("sampling") is None:
+        sampling["sampling"] = default_sampling(name)
     videos, classes = read_video_list(name, root, split, list_file, official_split)
     if not videos:
         raise ValueError(f"--dataset {name}: the {split} list under {root or list_file} is empty")

@@ -1,14 +1,18 @@
 """What the evaluation scripts share (Section 4.2), as MAE keeps its loops in engine_*.py.
 
     add_eval_args / prepare_eval   the flags of every evaluation script; defaults, torchrun, seeds, the
-                                   batch per GPU, the synthetic set
+                                   batch per GPU, the synthetic set; resolve_protocol fills the PySlowFast
+                                   settings that follow from other flags (test crop, sampling)
+    add_finetune_args              dropout, training colour jitter and flip (finetune.py, semisup.py)
     load_backbone                  the encoder of --pretrained and the record fields it implies
     build_split / num_classes_of   the training or test set of --dataset
     VideoClassifier                encoder + average pool + dropout + linear layer
+    build_sgd / training_input     PySlowFast's SGD (Nesterov, no weight decay on BN) and the device-side
+                                   fine-tuning colour jitter
     train_classifier / finetune    SGD with warm-up + cosine, a checkpoint every epoch and resume,
                                    periodic and final multi-view test (linear probe, fine-tuning, semi-sup.)
     evaluate_multiview             V views per video (10 clips x 3 crops), softmax averaged, each video once
-    extract_features / knn_*       DINO's weighted k-NN classifier on frozen features
+    extract_features / knn_*       DINO's weighted k-NN classifier on frozen features (top-5 as DINO)
     write_eval_record              one JSON result per run, for reproduce/collect.py
 """
 import argparse
@@ -16,6 +20,7 @@ import math
 import os
 import types
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -57,6 +62,9 @@ def add_eval_args(p, paper_defaults, training=True):
                    help="weights format of --pretrained; auto detects it")
     g.add_argument("--arch", default=None, choices=list(models.ENCODERS),
                    help="encoder: read from a pretrain.py checkpoint; needed for other files (slow_r50 for scratch)")
+    g.add_argument("--inflation", default="mean", choices=models.INFLATIONS,
+                   help="how a 2D --pretrained file is inflated: mean = the 2D kernel repeated over the k temporal "
+                        "taps / k (PySlowFast utils/checkpoint.py inflate_weight, I3D); center = on the centre tap")
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="kinetics", choices=data.DATASETS,
@@ -75,6 +83,18 @@ def add_eval_args(p, paper_defaults, training=True):
     g.add_argument("--crop_size", type=int, default=None, help="spatial crop" + paper("crop_size"))
     g.add_argument("--test_clips", type=int, default=None, help="clips per test video" + paper("test_clips"))
     g.add_argument("--test_crops", type=int, default=None, help="crops per test clip" + paper("test_crops"))
+    g.add_argument("--test_crop_size", type=int, default=None,
+                   help="test views: short side resized to this, then crops of this size (PySlowFast "
+                        "DATA.TEST_CROP_SIZE 256 in every contrastive_ssl config; default crop_size x 256/224: "
+                        "256 at the paper's 224, scaled with the small synthetic crops)")
+    g.add_argument("--test_spacing", default="uniform", choices=data.TEST_SPACINGS,
+                   help="start of test clip i of K: uniform = delta*i/K (PySlowFast decoder.get_start_end_idx, "
+                        "DATA.USE_OFFSET_SAMPLING False: one clip starts at frame 0); offset = i*floor(delta/(K-1)), "
+                        "floor(delta/2) for one clip (USE_OFFSET_SAMPLING True: reaches both ends)")
+    g.add_argument("--sampling", default=None, choices=data.SAMPLINGS,
+                   help="frame sampling of a PySlowFast dataset class: kinetics = T frames at stride tau in a "
+                        "window (kinetics.py); ssv2 = one frame per uniform segment of the whole video "
+                        "(ssv2.py get_seq_frames). Default: ssv2 for --dataset ssv2, kinetics otherwise")
     g.add_argument("--num_workers", type=int, default=None, help="data loading processes per GPU")
     g.add_argument("--batch_size_per_gpu", type=int, default=None,
                    help="videos per GPU and step (default: the paper's global batch" + (
@@ -97,6 +117,10 @@ def add_run_args(p, paper_defaults, training):
         g.add_argument("--warmup_start_lr", type=float, default=None,
                        help="lr at the start of warm-up" + paper("warmup_start_lr"))
         g.add_argument("--weight_decay", type=float, default=None, help="SGD weight decay" + paper("weight_decay"))
+        g.add_argument("--bn_weight_decay", type=float, default=0.0,
+                       help="weight decay of batch-norm weights and biases (PySlowFast BN.WEIGHT_DECAY 0.0)")
+        g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
+                       help="Nesterov momentum (PySlowFast SOLVER.NESTEROV True; the paper: SGD, momentum 0.9)")
         g.add_argument("--eval_freq", type=int, default=0,
                        help="also test every N epochs (the record keeps the last and the best top-1); "
                             "0: at the end only")
@@ -145,6 +169,7 @@ def prepare_eval(args, paper_defaults, synthetic_defaults, flag_rules=None):
     utils.check_flags(args, dict(FLAG_RULES, **(flag_rules or {})))
     if getattr(args, "warmup_epochs", 0) > getattr(args, "epochs", 0) > 0:
         raise ValueError(f"--warmup_epochs {args.warmup_epochs}: must be at most --epochs {args.epochs}")
+    resolve_protocol(args)
     args.world_size, args.global_batch = world, args.batch_size_per_gpu * world
     args.precision = utils.resolve_precision(args.precision, device)
     if args.output_dir is None:
@@ -155,6 +180,34 @@ def prepare_eval(args, paper_defaults, synthetic_defaults, flag_rules=None):
     if args.dataset == "synthetic":
         data.ensure_synthetic_dataset(args.data_root)
     return device
+
+
+def resolve_protocol(args):
+    """Fill the PySlowFast settings that follow from other flags (printed like the defaults): the test
+    crop (DATA.TEST_CROP_SIZE 256 for TRAIN_CROP_SIZE 224, the same ratio for smaller crops) and the
+    frame sampling of the data set (ssv2.py for ssv2, kinetics.py for the others)."""
+    utils.apply_defaults(args, dict(test_crop_size=int(round(args.crop_size * 256 / 224)),
+                                    sampling=data.default_sampling(args.dataset)), "PySlowFast's protocol")
+    utils.check_flags(args, dict(test_crop_size="[32,2048]"))
+
+
+FINETUNE_JITTERS = ("pyslowfast", "none")
+
+
+def add_finetune_args(p):
+    """Flags of the scripts that train the whole network (finetune.py, semisup.py); unset ones take the
+    script's protocol defaults (printed at start)."""
+    g = p.add_argument_group("fine-tuning")
+    g.add_argument("--dropout", type=float, default=None,
+                   help="dropout before the linear head (PySlowFast MODEL.DROPOUT_RATE: 0.8 in "
+                        "finetune_ucf_Slow_R50_syn8.yaml, 0.5 in finetune_SSv2 and by default)")
+    g.add_argument("--train_jitter", default=None, choices=FINETUNE_JITTERS,
+                   help="training colour jitter on the device: pyslowfast = finetune_ucf_Slow_R50_syn8.yaml "
+                        "(grayscale p=0.2, then brightness/contrast/saturation 0.4 and hue 0.1 on every clip, "
+                        "no blur); none (finetune_SSv2 and the linear protocol)")
+    g.add_argument("--no_flip", action="store_true",
+                   help="no random horizontal flip in training (always off for ssv2, whose labels name directions)")
+    return p
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,7 +238,7 @@ def load_backbone(args):
             raise FileNotFoundError(f"--pretrained: no such file: {args.pretrained}")
         obj = checkpoint.load(args.pretrained)
         meta = pretraining_record(obj)
-        encoder = models.load_pretrained(obj, arch=args.arch, fmt=args.pretrained_format)
+        encoder = models.load_pretrained(obj, arch=args.arch, fmt=args.pretrained_format, inflate_mode=args.inflation)
         args.arch = obj.get("encoder_name") or args.arch
         utils.print_main(f"loaded {args.pretrained} into {args.arch}: every tensor matched")
     for key, value in meta.items():
@@ -217,7 +270,8 @@ def build_split(args, split, mode, official_split=1, **kwargs):
                               official_split=official_split, skip_missing=args.skip_missing,
                               num_clips=1, num_frames=args.num_frames, stride=args.stride,
                               crop_size=args.crop_size, mode=mode, test_clips=args.test_clips,
-                              test_crops=args.test_crops, seed=args.seed, **kwargs)
+                              test_crops=args.test_crops, seed=args.seed, test_crop_size=args.test_crop_size,
+                              test_spacing=args.test_spacing, sampling=args.sampling, **kwargs)
 
 
 def labels_of(dataset):
@@ -265,12 +319,14 @@ class VideoClassifier(nn.Module):
     freeze_backbone: the linear probe. The encoder gets no gradient and stays in eval mode even when
     the classifier is put in train mode, so its batch-norm statistics do not move.
     The linear layer starts as in PySlowFast's heads: normal(std 0.01) weights, zero bias.
+    test_window: in eval mode, views larger than the training crop are scored as PySlowFast's
+    ResNetBasicHead does (windowed_log_probs); None pools the whole map.
     """
 
-    def __init__(self, encoder, num_classes, dropout=0.0, freeze_backbone=False):
+    def __init__(self, encoder, num_classes, dropout=0.0, freeze_backbone=False, test_window=None):
         super().__init__()
         self.encoder = encoder
-        self.freeze_backbone = freeze_backbone
+        self.freeze_backbone, self.test_window = freeze_backbone, test_window
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(encoder.feat_dim, num_classes)
         nn.init.normal_(self.fc.weight, std=0.01)
@@ -287,9 +343,31 @@ class VideoClassifier(nn.Module):
         return self
 
     def forward(self, x):
+        windowed = not self.training and self.test_window and hasattr(self.encoder, "feature_map")
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
+            if windowed:
+                return windowed_log_probs(self.encoder.feature_map(x), self.fc, self.test_window)
             feats = self.encoder(x).mean(dim=2)  # (N, C, T) -> (N, C): the spatial pool is in the encoder
         return self.fc(self.dropout(feats.float()))
+
+
+def head_window(args):
+    """The head's pooling window in feature cells: PySlowFast's TRAIN_CROP_SIZE // 32 (the Slow ResNets
+    downsample by 32), 7 for 224 crops (models/video_model_builder.py ResNet, pool_size)."""
+    return max(1, args.crop_size // 32)
+
+
+def windowed_log_probs(fmap, fc, window):
+    """View scores as PySlowFast's ResNetBasicHead in eval mode (models/head_helper.py): the map
+    (N, C, T, h, w) average-pooled with the training window (AvgPool3d of [T, TRAIN_CROP_SIZE // 32,
+    TRAIN_CROP_SIZE // 32], stride 1: a 256 view's 8x8 map gives 2x2 windows of 7x7), the linear layer
+    and the softmax on each window, then their mean ("fully convolutional inference"). Returned as
+    log-probabilities, so that the softmax of the multi-view average gives these probabilities back;
+    a map no larger than the window is one window, i.e. the global pool of training."""
+    kernel = (fmap.shape[2], min(window, fmap.shape[3]), min(window, fmap.shape[4]))
+    pooled = F.avg_pool3d(fmap.float(), kernel, stride=1)  # (N, C, 1, h', w')
+    probs = fc(pooled.permute(0, 2, 3, 4, 1)).float().softmax(dim=-1).mean(dim=(1, 2, 3))
+    return probs.log()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,6 +436,47 @@ def iterations_per_epoch(loader, max_iters):
     return min(batches, max_iters) if max_iters else batches
 
 
+# --train_jitter -> GpuAugment parameters (augment.py holds the values and their PySlowFast sources).
+TRAIN_JITTER = {"pyslowfast": augment.PYSLOWFAST_FINETUNE_JITTER, "none": None}
+
+
+def training_input(clips, args, epoch, iteration):
+    """The classifier's training input from uint8 clips on the device: --train_jitter's colour jitter
+    (batched, augment.GpuAugment), then the student normalisation. The jitter's random parameters
+    derive from (seed, rank, epoch, iteration), so a resumed run draws the same ones."""
+    recipe = TRAIN_JITTER[getattr(args, "train_jitter", None) or "none"]
+    if recipe is not None:
+        seed = int(np.random.SeedSequence([args.seed, utils.get_rank(), epoch, iteration]).generate_state(1)[0])
+        clips = augment.GpuAugment(**recipe, seed=seed)(clips)
+    return augment.student_input(clips)
+
+
+def build_sgd(model, args):
+    """SGD as PySlowFast's models/optimizer.py construct_optimizer: momentum 0.9 (the paper), Nesterov
+    (SOLVER.NESTEROV, default True, not changed by the contrastive_ssl configs), batch-norm weights and
+    biases in their own group with --bn_weight_decay (BN.WEIGHT_DECAY 0.0 in the BYOL, linear, ucf and
+    SSv2 configs), every other trainable parameter with --weight_decay."""
+    bn, other = [], []
+    for module in model.modules():
+        is_bn = isinstance(module, nn.modules.batchnorm._NormBase)
+        for param in module.parameters(recurse=False):
+            if param.requires_grad:
+                (bn if is_bn else other).append(param)
+    groups = [dict(params=bn, weight_decay=getattr(args, "bn_weight_decay", 0.0)),
+              dict(params=other, weight_decay=args.weight_decay)]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=args.lr, momentum=0.9,
+                           nesterov=getattr(args, "nesterov", True))
+
+
+def sync_batchnorm(model, device):
+    """Batch norm synchronised across the processes, as PySlowFast's fine-tuning configs
+    (BN.NORM_TYPE sync_batchnorm). PyTorch's SyncBatchNorm runs on CUDA only, so a CPU (gloo) run or a
+    single process keeps per-process batch norm, which is the same thing on one process."""
+    if device.type == "cuda" and utils.get_world_size() > 1:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
 def train_one_epoch(run, loader, epoch, args, first_iter=0, partial=None):
     """Iterations first_iter.. of one epoch of cross-entropy training with the per-iteration warm-up
     + cosine lr (`epoch` is 1-based). Returns this rank's sums so far ("loss_sum", "correct", "seen",
@@ -377,8 +496,8 @@ def train_one_epoch(run, loader, epoch, args, first_iter=0, partial=None):
         sums["loaded"] += len(batch["skipped"]) + batch["clips"].shape[0]
         if batch["clips"].shape[0] > 0:  # else every video of the batch was undecodable
             labels = batch["label"].to(run.device).view(-1)
-            logits, loss = classifier_step(run, batch["clips"][:, 0].to(run.device, non_blocking=True), labels,
-                                           args, f"epoch {epoch}, iteration {it}, lr {lr:.4g}")
+            x = training_input(batch["clips"][:, 0].to(run.device, non_blocking=True), args, epoch, it)
+            logits, loss = classifier_step(run, x, labels, args, f"epoch {epoch}, iteration {it}, lr {lr:.4g}")
             sums["loss_sum"] += loss * labels.numel()
             sums["correct"] += (logits.argmax(1) == labels).sum().item()
             sums["seen"] += labels.numel()
@@ -390,11 +509,11 @@ def train_one_epoch(run, loader, epoch, args, first_iter=0, partial=None):
     return sums
 
 
-def classifier_step(run, clips, labels, args, where):
-    """Forward (autocast), cross-entropy, backward, SGD step on uint8 clips (B, 3, T, S, S). Returns the
-    logits and the loss; a non-finite loss stops the run with one line."""
+def classifier_step(run, x, labels, args, where):
+    """Forward (autocast), cross-entropy, backward, SGD step on the normalised input x (B, 3, T, S, S).
+    Returns the logits and the loss; a non-finite loss stops the run with one line."""
     with utils.autocast(run.device, args.precision):
-        logits = run.model(augment.student_input(clips))
+        logits = run.model(x)
     loss = F.cross_entropy(logits.float(), labels)
     if not math.isfinite(loss.item()):
         raise utils.Diverged(f"the loss is {loss.item()} at {where}: the run diverged; lower --lr")
@@ -463,8 +582,7 @@ def train_classifier(model, train_set, test_set, args, device):
     model.to(device)
     ddp_model = model if utils.get_world_size() == 1 else nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr, momentum=0.9,
-                                weight_decay=args.weight_decay)
+    optimizer = build_sgd(model, args)
     run = types.SimpleNamespace(model=ddp_model, optimizer=optimizer, scaler=utils.grad_scaler(device, args.precision),
                                 device=device, stop=utils.GracefulStop(),
                                 fingerprint=checkpoint.run_fingerprint(args, files=("pretrained",)),
@@ -486,7 +604,7 @@ def train_classifier(model, train_set, test_set, args, device):
 def finetune(args, device, official_split, output_dir, train_subset=None):
     """Fine-tune a fresh copy of --pretrained (backbone and head) on one split and test it; returns the
     test metrics. train_subset: indices of the training videos to use (semisup.py's labelled fraction).
-    Needs the fine-tuning flags --dropout and --no_flip."""
+    Needs the fine-tuning flags of add_finetune_args."""
     utils.check_training_precision(device, args.precision, args.num_frames)
     hflip = not (args.no_flip or args.dataset == "ssv2")  # SSv2 labels name directions
     train_set = build_split(args, "train", "train", official_split=official_split, hflip=hflip)
@@ -496,12 +614,14 @@ def finetune(args, device, official_split, output_dir, train_subset=None):
         train_set = torch.utils.data.Subset(train_set, train_subset)
     encoder = load_backbone(args)
     torch.manual_seed(args.seed)  # the same head initialisation on every process
-    model = VideoClassifier(encoder, num_classes, dropout=args.dropout)
+    model = VideoClassifier(encoder, num_classes, dropout=args.dropout, test_window=head_window(args))
+    model = sync_batchnorm(model, device)
     utils.print_main(f"fine-tuning | {args.arch} from {args.pretrained} | {args.dataset} split {official_split} | "
                      f"{len(train_set)} train / {len(test_set)} test videos | {args.world_size} process(es) on "
                      f"{device} | batch {args.batch_size_per_gpu} per GPU, {args.global_batch} global | lr "
-                     f"{args.lr} | {args.epochs} epochs | T={args.num_frames} | flip {hflip} | {args.precision} | "
-                     f"test {args.test_clips}x{args.test_crops} views")
+                     f"{args.lr} | {args.epochs} epochs | T={args.num_frames} | {args.sampling} sampling | flip "
+                     f"{hflip} | jitter {args.train_jitter} | dropout {args.dropout} | {args.precision} | "
+                     f"test {args.test_clips}x{args.test_crops} views of {args.test_crop_size}")
     run_args = argparse.Namespace(**vars(args))
     run_args.output_dir, run_args.split = output_dir, str(official_split)
     return train_classifier(model, train_set, test_set, run_args, device)
@@ -578,12 +698,24 @@ def knn_scores(train_features, train_labels, test_features, k, num_classes, temp
     return scores
 
 
+def knn_topk_correct(scores, labels, k):
+    """(top-1 hits, top-5 hits) as DINO's eval_knn.py knn_classifier: the classes sorted by their votes,
+    descending (`probs.sort(1, True)`), the label counted among the first 1 and the first min(5, k)
+    of them (`correct.narrow(1, 0, min(5, k))`): with k < 5 neighbours top-5 looks at k classes only,
+    and classes without votes rank after every class with one. DINO's sort leaves the order of equal
+    scores to the device; ours is stable (ties by class index), so every run counts the same."""
+    order = scores.sort(dim=1, descending=True, stable=True).indices
+    correct = order == labels.view(-1, 1)
+    return int(correct[:, :1].sum().item()), int(correct[:, :min(5, k, scores.shape[1])].sum().item())
+
+
 def knn_accuracy(train_features, train_labels, test_features, test_labels, k, num_classes, **kwargs):
-    """(top-1 %, top-5 %) of the weighted k-NN classifier."""
+    """(top-1 %, top-5 %) of the weighted k-NN classifier, counted as DINO's (knn_topk_correct). k larger
+    than the training set uses all of it (DINO would stop), and top-5 then looks at min(5, that many)."""
     scores = knn_scores(train_features, train_labels, test_features, k, num_classes, **kwargs)
-    hits = topk_correct(scores, test_labels, ks=(1, 5))
+    top1, top5 = knn_topk_correct(scores, test_labels, min(k, train_features.shape[0]))
     n = max(1, test_labels.numel())
-    return 100.0 * hits[1] / n, 100.0 * hits[5] / n
+    return 100.0 * top1 / n, 100.0 * top5 / n
 
 
 def knn_top1_on_sets(encoder, train_set, val_set, device, skipped, k=20, batch_size=16, num_workers=0,

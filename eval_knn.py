@@ -8,10 +8,13 @@ Features: the backbone's global average pool (over T, H and W), L2-normalised, o
 (centre crop) of the training and of the validation set. Each validation feature takes its k nearest
 training features by cosine similarity; each neighbour votes for its label with weight
 exp(similarity / 0.07) (DINO's temperature); the class with the largest total wins. The paper uses
-k = 20 (DINO's default); --nb_knn takes several values (e.g. 10 20 100 200). Top-1 and top-5.
+k = 20 (DINO's default); --nb_knn takes several values (e.g. 10 20 100 200). Top-1 and top-5, both
+counted as DINO's knn_classifier (top-5 among the first min(5, k) classes by votes).
 
 The paper does not say how many views per video the k-NN features use; one clip x one centre crop
-(DINO uses one centre crop per image) is the default, --test_clips/--test_crops average more.
+(DINO uses one centre crop per image) is the default, --test_clips/--test_crops average more. The
+views are PySlowFast's test views (DATA.TEST_CROP_SIZE: short side 256, a 256 centre crop; the one
+clip starts where PySlowFast's test loader starts it, at frame 0 unless --test_spacing offset).
 --dump_features DIR writes the features, labels and video paths, as DINO's eval_knn.py does.
 """
 import argparse

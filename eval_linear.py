@@ -7,7 +7,9 @@
 The paper's protocol: a linear classifier on the frozen backbone (eval mode, so the batch-norm
 statistics stay frozen too), trained on K400-train with SGD (momentum 0.9), lr from 0 linearly up to
 1.0 over 8 warm-up epochs then cosine, batch 64, 100 epochs; tested on K400-val with 10 clips x 3
-crops per video, softmax averaged over the 30 views; top-1 (and top-5) reported.
+crops per video, softmax averaged over the 30 views; top-1 (and top-5) reported. Silent in the paper,
+from PySlowFast's linear_k400_Slow_8x8_R50_syn8.yaml: weight decay 0, no dropout, training crops as in
+pretraining without colour jitter, test views of 256 (DATA.TEST_CROP_SIZE), Nesterov momentum.
 """
 import argparse
 
@@ -32,7 +34,8 @@ def main(args):
     train_set = engine.build_split(args, "train", "train")
     test_set = engine.build_split(args, "val", "test")
     torch.manual_seed(args.seed)  # the same classifier initialisation on every process
-    model = engine.VideoClassifier(encoder, engine.num_classes_of(train_set), freeze_backbone=True)
+    model = engine.VideoClassifier(encoder, engine.num_classes_of(train_set), freeze_backbone=True,
+                                   test_window=engine.head_window(args))
     utils.print_main(f"linear probe | {args.arch} from {args.pretrained} | {len(train_set)} train / "
                      f"{len(test_set)} test videos | {args.world_size} process(es) on {device} | batch "
                      f"{args.batch_size_per_gpu} per GPU, {args.global_batch} global | lr {args.lr} | "

@@ -25,6 +25,9 @@ def get_args_parser():
                    help="a pretrain.py checkpoint (or a PySlowFast / torchvision / raw file, with --arch)")
     p.add_argument("--arch", default=None, choices=list(models.ENCODERS),
                    help="encoder of a file that does not record it")
+    p.add_argument("--inflation", default="mean", choices=models.INFLATIONS,
+                   help="how a torchvision 2D file is inflated: mean (PySlowFast utils/checkpoint.py "
+                        "inflate_weight) or center (the centre temporal tap)")
     p.add_argument("--output_dir", required=True, help="encoder.pth and encoder_pyslowfast.pyth go here")
     return p
 
@@ -33,7 +36,7 @@ def main(args):
     if not os.path.isfile(args.pretrained):
         raise FileNotFoundError(f"--pretrained: no such file: {args.pretrained}")
     obj = checkpoint.load(args.pretrained)
-    encoder = models.load_pretrained(obj, arch=args.arch)
+    encoder = models.load_pretrained(obj, arch=args.arch, inflate_mode=args.inflation)
     state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
     plain = os.path.join(args.output_dir, "encoder.pth")
     pyslowfast = os.path.join(args.output_dir, "encoder_pyslowfast.pyth")

@@ -32,7 +32,8 @@ initialisation from 2D ImageNet weights, and import of PySlowFast checkpoints.
                 0.59M params, 0.29 GMACs at 8x112x112. feat_dim 512.
 - State dict keys follow torchvision's 2D ResNet (conv1, bn1, layer1.0.conv1 ... layer4.2.bn3,
   layer1.0.downsample.0/1), so 2D weights inflate by name.
-- `inflate_2d_state_dict(sd2d, model, mode="center"|"mean")`: 2D ResNet -> 3D (paper Table 9).
+- `inflate_2d_state_dict(sd2d, model, mode="mean"|"center")`: 2D ResNet -> 3D (paper Table 9); mean
+  (default) is PySlowFast's utils/checkpoint.py inflate_weight.
 - `load_pyslowfast_state_dict(sd)`: PySlowFast names (s1.pathway0_stem.conv, s2.pathway0_res0.
   branch2.a ...) -> ours; accepts full checkpoints ("model_state"), SSL ("backbone.") and DDP
   ("module.") prefixes.
@@ -156,15 +157,18 @@ class SlowResNet(nn.Module):
                 if isinstance(m, Bottleneck):
                     nn.init.zeros_(m.bn3.weight)
 
+    def feature_map(self, x):
+        """The last stage's output before any pooling: (N, 3, T, H, W) -> (N, C, T, H/32, W/32)."""
+        if x.dim() != 5 or x.shape[1] != 3:
+            raise ValueError(f"SlowResNet expects (N, 3, T, H, W) or (N, 3, H, W), got {tuple(x.shape)}")
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
     def forward(self, x):
         single_frame = x.dim() == 4
         if single_frame:
             x = x.unsqueeze(2)
-        if x.dim() != 5 or x.shape[1] != 3:
-            raise ValueError(f"SlowResNet expects (N, 3, T, H, W) or (N, 3, H, W), got {tuple(x.shape)}")
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = x.mean(dim=(3, 4))  # (N, C, T): spatial average only, frames stay separate
+        x = self.feature_map(x).mean(dim=(3, 4))  # (N, C, T): spatial average only, frames stay separate
         return x[:, :, 0] if single_frame else x
 
 
@@ -210,20 +214,25 @@ def _check_and_complete(sd, model, source):
     return sd
 
 
-def inflate_2d_state_dict(sd2d, model, mode="center", ignore_prefixes=("fc.",)):
+INFLATIONS = ("mean", "center")
+
+
+def inflate_2d_state_dict(sd2d, model, mode="mean", ignore_prefixes=("fc.",)):
     """Inflate a torchvision-layout 2D ResNet state dict into `model`'s 3D shapes (paper Table 9).
 
-    mode="center" (default): the 2D kernel goes in the centre temporal tap, zeros elsewhere. Then a
-        static clip gives exactly the 2D network's features for EVERY frame.
-    mode="mean": I3D-style, the 2D kernel replicated over the k taps and divided by k. A static clip
-        then matches the 2D network only away from the clip ends: with zero temporal padding the
-        first and last frames see k-1 of the k taps, so their response shrinks to (k-1)/k, and the
-        error spreads one frame inwards per temporal conv (9 of them in slow_r50).
+    mode="mean" (default): I3D-style, the 2D kernel replicated over the k taps and divided by k, as
+        PySlowFast's utils/checkpoint.py inflate_weight (`v2d.unsqueeze(2).repeat(1, 1, k, 1, 1) / k`),
+        which the paper's code base uses. A static clip then matches the 2D network only away from
+        the clip ends: with zero temporal padding the first and last frames see k-1 of the k taps,
+        so their response shrinks to (k-1)/k, and the error spreads one frame inwards per temporal
+        conv (9 of them in slow_r50).
+    mode="center": the 2D kernel goes in the centre temporal tap, zeros elsewhere. Then a static clip
+        gives exactly the 2D network's features for EVERY frame.
     Keys under `ignore_prefixes` (the classifier by default) are dropped, and a "module." prefix is
     removed. Returns a state dict ready for `model.load_state_dict`.
     """
-    if mode not in ("center", "mean"):
-        raise ValueError(f"inflation mode must be 'center' or 'mean', got {mode!r}")
+    if mode not in INFLATIONS:
+        raise ValueError(f"--inflation must be one of {', '.join(INFLATIONS)}, got {mode!r}")
     sd2d = checkpoint.strip_prefix(dict(sd2d), "module.")
     sd2d = {k: v for k, v in sd2d.items() if not k.startswith(tuple(ignore_prefixes))}
     target = model.state_dict()
@@ -316,7 +325,7 @@ def pyslowfast_state_dict(sd):
     return out
 
 
-def load_encoder_weights(model, path_or_checkpoint, fmt="auto", inflate_mode="center"):
+def load_encoder_weights(model, path_or_checkpoint, fmt="auto", inflate_mode="mean"):
     """Load encoder weights into `model` (in place). fmt: "auto", "iboot" (a pretrain.py checkpoint,
     weights under "encoder"), "pyslowfast", "torchvision" (2D ResNet, inflated) or "raw" (our own
     state dict). Anything but an exact match of every tensor raises a ValueError naming the source."""
@@ -347,7 +356,7 @@ def load_encoder_weights(model, path_or_checkpoint, fmt="auto", inflate_mode="ce
     model.load_state_dict(_check_and_complete(sd, model, source), strict=True)
 
 
-def load_pretrained(path_or_checkpoint, arch=None, fmt="auto", inflate_mode="center"):
+def load_pretrained(path_or_checkpoint, arch=None, fmt="auto", inflate_mode="mean"):
     """The encoder in a weights file, ready to use:
 
         encoder = models.load_pretrained("runs/iboot_clip/checkpoint.pth")   # arch read from the file

@@ -6,7 +6,8 @@
 
 One script trains every pretraining row of the paper (Tables 1-9) from flags: --method, --teacher
 (or an ensemble "a+b"), --num_clips (the #views ablation), --no_temporal_pool, --extra_ssl,
---arch, --init, --dataset. It runs on one CPU, on one GPU, or on many GPUs and nodes under torchrun
+--arch, --init (--inflation), --dataset, --augmentation (the paper's recipe for iBoot, PySlowFast's
+BYOL recipe for rhoBYOL). It runs on one CPU, on one GPU, or on many GPUs and nodes under torchrun
 (DDP, SyncBN, bf16 autocast). Started again with the same --output_dir and the same flags it resumes
 from the latest checkpoint; with other flags it stops and names them.
 
@@ -77,6 +78,9 @@ def get_args_parser():
     g.add_argument("--init", default="scratch",
                    help="'scratch', or a file to start from: a torchvision-layout 2D ResNet state dict "
                         "(inflated, Table 9), a PySlowFast checkpoint or an iboot checkpoint")
+    g.add_argument("--inflation", default="mean", choices=models.INFLATIONS,
+                   help="how a 2D --init is inflated: mean = the 2D kernel repeated over the k temporal taps / k "
+                        "(PySlowFast utils/checkpoint.py inflate_weight, I3D); center = on the centre tap only")
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="synthetic", choices=data.DATASETS,
@@ -95,6 +99,12 @@ def get_args_parser():
     g.add_argument("--stride", type=int, default=None, help="tau, frame stride at 30 fps (paper 8)")
     g.add_argument("--crop_size", type=int, default=None, help="training crop (paper 224)")
     g.add_argument("--num_workers", type=int, default=None, help="data loading processes per GPU")
+    g.add_argument("--augmentation", default=None, choices=list(augment.PRETRAIN_RECIPES),
+                   help="paper = Section 4.1's text (short side 256-320, 224 crop; jitter p=0.8 "
+                        "0.2/0.2/0.2/0.05, grayscale 0.2, blur 0.5); pyslowfast_byol = PySlowFast "
+                        "BYOL_SlowR50_8x8.yaml (random resized crop of 20-76.6%% of the area, aspect 0.75-1.33; "
+                        "jitter p=0.8 0.6/0.6/0.6/0.15, grayscale 0.2, blur 0.5). Default: paper for iboot, "
+                        "pyslowfast_byol for rhobyol")
     return add_training_args(p)
 
 
@@ -154,6 +164,8 @@ def setup(args):
     rank, world, device = utils.init_distributed(args.device)
     utils.apply_defaults(args, EMBEDDED_DEFAULTS if args.dataset == "synthetic" else PAPER_DEFAULTS,
                          f"--dataset {args.dataset}")
+    utils.apply_defaults(args, dict(augmentation="paper" if args.method == "iboot" else "pyslowfast_byol"),
+                         f"--method {args.method}")
     if args.num_clips is None:
         args.num_clips = 3 if args.method == "iboot" else 2
     check_args(args)
@@ -174,7 +186,8 @@ def build_loader(args, device):
     train_set = data.build_dataset(args.dataset, root=args.data_root, split="train", list_file=args.train_list,
                                    official_split=args.split, skip_missing=args.skip_missing,
                                    num_clips=args.num_clips, num_frames=args.num_frames, stride=args.stride,
-                                   crop_size=args.crop_size, mode="train", seed=args.seed)
+                                   crop_size=args.crop_size, mode="train", seed=args.seed,
+                                   resized_crop=augment.PRETRAIN_RECIPES[args.augmentation]["resized_crop"])
     loader, _ = data.train_loader(train_set, args.batch_size_per_gpu, args.num_workers, args.seed, device)
     if len(loader) == 0:
         raise ValueError(f"the training set has {len(train_set)} videos, fewer than one batch of "
@@ -185,7 +198,7 @@ def build_loader(args, device):
 def build_objective(args):
     encoder = models.build_encoder(args.arch)
     if args.init != "scratch":
-        models.load_encoder_weights(encoder, args.init)
+        models.load_encoder_weights(encoder, args.init, inflate_mode=args.inflation)
     if args.method == "rhobyol":
         return iboot.RhoBYOL(encoder, momentum=args.momentum)
     teacher_list = teachers.build_teachers(args.teacher, weights=args.teacher_weights)
@@ -210,6 +223,11 @@ def prepare_training(objective, args, device):
         optimizer = torch.optim.SGD(objective.trainable_parameters(), lr=args.lr, momentum=0.9,
                                     weight_decay=args.weight_decay)
     return model, optimizer, utils.grad_scaler(device, args.precision)
+
+
+def build_gpu_augment(args, device):
+    """The device-side colour jitter, grayscale and blur of --augmentation (augment.PRETRAIN_RECIPES)."""
+    return augment.GpuAugment(**augment.PRETRAIN_RECIPES[args.augmentation]["jitter"]).to(device)
 
 
 def train_one_epoch(run, loader, epoch, args, first_iter=0, partial=None):
@@ -310,9 +328,11 @@ def knn_report(objective, initial_state, args, device):
     """k-NN top-1 on the validation split: the trained encoder beside the same one at initialisation
     (and, for iBoot, beside the teacher's own frame features averaged over the clip). Every rank
     encodes its share of the videos."""
+    # A quick check, not the paper's protocol (eval_knn.py is): the training crop and the centre clip.
     splits = [data.build_dataset(args.dataset, root=args.data_root, split=split, mode="test",
                                  test_clips=1, test_crops=1, num_frames=args.num_frames,
-                                 stride=args.stride, crop_size=args.crop_size, seed=args.seed)
+                                 stride=args.stride, crop_size=args.crop_size, seed=args.seed,
+                                 test_crop_size=args.crop_size, test_spacing="offset")
               for split in ("train", "val")]
     random_encoder = copy.deepcopy(objective.encoder)
     random_encoder.load_state_dict(initial_state)
@@ -381,7 +401,7 @@ def main(args):
     objective = build_objective(args).to(device)
     model, optimizer, scaler = prepare_training(objective, args, device)
     run = types.SimpleNamespace(model=model, objective=objective, optimizer=optimizer, scaler=scaler, device=device,
-                                gpu_augment=augment.GpuAugment().to(device), stop=utils.GracefulStop())
+                                gpu_augment=build_gpu_augment(args, device), stop=utils.GracefulStop())
     fingerprint = checkpoint.run_fingerprint(args)
     state = resume(run, args, fingerprint)
     run.initial_norm = weight_norm(state["initial_encoder"].values())

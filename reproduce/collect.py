@@ -7,7 +7,8 @@ semisup.py through utils.write_result) and every --runs/<run>/log.jsonl written 
 Writes, into --out:
   tableN.md / tableN.csv   the paper's layout, "ours" beside "paper" for each column; a cell we did
                            not get is "—" (MISSING), a row we do not reproduce (other papers' methods)
-                           is "n/a" (NOT_RUN)
+                           is "n/a" (NOT_RUN); a row we add (Table 1: rhoBYOL with iBoot's
+                           augmentation) has "not in paper" (NOT_IN_PAPER) as its paper cells
   tableN.png               one bar chart per table: ours against the paper, per column
   loss_curves.png          pretraining loss against epochs, every run found
   knn_vs_epochs.png        k-NN top-1 against pretraining epochs (iBoot and rhoBYOL: the paper's
@@ -29,9 +30,11 @@ import pandas as pd
 HERE = os.path.dirname(os.path.abspath(__file__))
 MISSING = "—"
 NOT_RUN = "n/a"
+NOT_IN_PAPER = "not in paper"
 
 # Shared pretraining runs (the name spells out the settings; see common.sh).
 RHOBYOL_100 = "rhobyol_slow_r50_k400_e100_b104"
+RHOBYOL_100_PAPER_AUG = "rhobyol_paperaug_slow_r50_k400_e100_b104"
 DINO_NOPOOL = "iboot_dino_vit_b16_nopool_slow_r50_k400_e100_b104"
 CLIP_NOPOOL = "iboot_clip_vit_b16_nopool_slow_r50_k400_e100_b104"
 DINO_POOL = "iboot_dino_vit_b16_slow_r50_k400_e100_b104"
@@ -40,7 +43,8 @@ CLIP_200 = "iboot_clip_vit_b16_slow_r50_k400_e200_b416"
 ABLATION_COLUMNS = {"k-NN": "knn", "HMDB": "hmdb_s1", "UCF": "ucf_s1"}
 
 # table -> title, label columns, {column: eval}, rows [(row label as in paper_numbers.csv, run or
-# None when not reproduced, {column: eval} overrides; an eval of None leaves that cell not run)].
+# None when not reproduced, {column: eval} overrides; an eval of None leaves that cell not run)], and
+# optionally extra_rows: rows we add that the paper does not have (their paper cells read NOT_IN_PAPER).
 TABLES = {
     1: dict(title="Effect of different image-based models as target network",
             labels=["method", "Image model"], columns=ABLATION_COLUMNS,
@@ -48,7 +52,9 @@ TABLES = {
                   ("iBoot / SwAV-R50-w2", "iboot_swav_r50w2_nopool_slow_r50_k400_e100_b104", {}),
                   ("iBoot / DINO-ViT", DINO_NOPOOL, {}),
                   ("iBoot / CLIP-ViT", CLIP_NOPOOL, {}),
-                  ("iBoot / DeiT-ViT*", "iboot_deit_b16_nopool_slow_r50_k400_e100_b104", {})]),
+                  ("iBoot / DeiT-ViT*", "iboot_deit_b16_nopool_slow_r50_k400_e100_b104", {})],
+            # rhoBYOL with iBoot's augmentation (Section 4.1) instead of PySlowFast's BYOL recipe.
+            extra_rows=[("ρBYOL, iBoot's augmentation / -", RHOBYOL_100_PAPER_AUG, {})]),
     2: dict(title="Effect of ensembling image-based models", labels=["Image model"], columns=ABLATION_COLUMNS,
             rows=[("DINO-ViT", DINO_NOPOOL, {}), ("CLIP-ViT", CLIP_NOPOOL, {}),
                   ("DINO+CLIP", "iboot_dino_clip_nopool_slow_r50_k400_e100_b104", {})]),
@@ -153,11 +159,17 @@ def load_results(results_dir):
     return out
 
 
+def table_rows(number):
+    """(label, run, overrides, in the paper) of every row of a table: the paper's, then our extra ones."""
+    spec = TABLES[number]
+    return [r + (True,) for r in spec["rows"]] + [r + (False,) for r in spec.get("extra_rows", [])]
+
+
 def build_table(number, results, paper):
     """The table as a DataFrame in the paper's layout: label columns, then '<col> ours', '<col> paper'."""
     spec = TABLES[number]
     rows = []
-    for label, run, overrides in spec["rows"]:
+    for label, run, overrides, in_paper in table_rows(number):
         parts = label.split(" / ")
         if len(parts) != len(spec["labels"]):
             raise ValueError(f"table {number}: row '{label}' has {len(parts)} labels, expected {len(spec['labels'])}")
@@ -170,7 +182,7 @@ def build_table(number, results, paper):
                 value = results.get((run, ev))
                 ours = MISSING if value is None else f"{value:.1f}"
             row[f"{column} ours"] = ours
-            row[f"{column} paper"] = paper.get((number, label, column), MISSING)
+            row[f"{column} paper"] = paper.get((number, label, column), MISSING) if in_paper else NOT_IN_PAPER
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -179,7 +191,8 @@ def to_markdown(df, title):
     header = "| " + " | ".join(df.columns) + " |"
     rule = "| " + " | ".join("---" for _ in df.columns) + " |"
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    legend = f"_ours beside the paper's; {MISSING}: not run yet or failed; {NOT_RUN}: not reproduced here._"
+    legend = (f"_ours beside the paper's; {MISSING}: not run yet or failed; {NOT_RUN}: not reproduced here; "
+              f"{NOT_IN_PAPER}: a row we add._")
     return "\n".join([f"### {title}", "", header, rule, *body, "", legend, ""])
 
 

@@ -121,7 +121,7 @@ SMOKE_PRETRAIN=(--dataset synthetic --data_root "$SMOKE_DATA" --arch slow_tiny -
                 --stride 4 --epochs 2 --max_iters_per_epoch 1 --batch_size_per_gpu 2 --warmup_epochs 0
                 --num_workers 0 --device cpu --knn_eval no --saveckp_freq 1 --log_every 1)
 SMOKE_EVAL=(--dataset synthetic --data_root "$SMOKE_DATA" --crop_size 32 --num_frames 2 --stride 4
-            --batch_size_per_gpu 4 --num_workers 0 --device cpu)
+            --test_crop_size 37 --batch_size_per_gpu 4 --num_workers 0 --device cpu)  # 37 = 32 x 256 / 224
 SMOKE_TRAINING=(--epochs 1 --max_iters_per_epoch 2 --test_clips 1 --test_crops 1)  # linear, fine-tuning, semi-sup.
 
 # pretrain NAME EPOCHS GLOBAL_BATCH DATASET_ROOT PRETRAIN_FLAGS...
@@ -170,9 +170,19 @@ weights_of() {
     esac
 }
 
+# PySlowFast's settings where the paper is silent (README, "Protocols"), spelled out on every command:
+# test views of 256 (DATA.TEST_CROP_SIZE) with test clips at delta * i / K (USE_OFFSET_SAMPLING False);
+# fine-tuning recipes of configs/contrastive_ssl/finetune_ucf_Slow_R50_syn8.yaml (UCF101, HMDB51) and
+# finetune_SSv2_Slow_R50_syn8.yaml (SSv2: ssv2.py's segment sampling); semi-supervised: the linear
+# protocol's augmentation (no colour jitter) and PySlowFast's default dropout 0.5.
+PROTOCOL_TEST=(--test_crop_size 256 --test_spacing uniform)
+PROTOCOL_UCF=(--dropout 0.8 --train_jitter pyslowfast)
+PROTOCOL_SSV2=(--sampling ssv2 --dropout 0.5 --train_jitter none)
+PROTOCOL_SEMI=(--dropout 0.5 --train_jitter none)
+
 # evaluate NAME ARCH EVAL: one evaluation protocol (paper settings, Section 4.2) of run NAME.
 #   EVAL: knn | knn_eNNNN (k-NN of checkpoint_NNNN.pth) | ucf_s1 | ucf_avg | hmdb_s1 | ssv2
-#         | ssv2_16x8 | linear | semi1 | semi10
+#         | ssv2_3v | ssv2_16x8 | linear | semi1 | semi10
 evaluate() {
     local name=$1 arch=$2 ev=$3
     local done_flag="$RUNS/$name/evals/$ev.done"
@@ -186,26 +196,30 @@ evaluate() {
             flags=(--dataset kinetics --data_root "$K400" --nb_knn 20 --batch_size_per_gpu "$(eval_batch 64)") ;;
         ucf_s1|ucf_avg) script=finetune.py
             flags=(--dataset ucf101 --data_root "$UCF101" --split "$([[ $ev == ucf_avg ]] && echo all || echo 1)"
-                   --epochs 196 --batch_size_per_gpu "$(eval_batch 128)" --lr 0.0025 --test_clips 10 --test_crops 3) ;;
+                   --epochs 196 --batch_size_per_gpu "$(eval_batch 128)" --lr 0.0025 --test_clips 10 --test_crops 3
+                   "${PROTOCOL_UCF[@]}") ;;
         hmdb_s1) script=finetune.py
             flags=(--dataset hmdb51 --data_root "$HMDB51" --split 1
-                   --epochs 196 --batch_size_per_gpu "$(eval_batch 128)" --lr 0.0025 --test_clips 10 --test_crops 3) ;;
+                   --epochs 196 --batch_size_per_gpu "$(eval_batch 128)" --lr 0.0025 --test_clips 10 --test_crops 3
+                   "${PROTOCOL_UCF[@]}") ;;
         ssv2|ssv2_3v|ssv2_16x8) script=finetune.py
-            # Table 5 tests 1 view (the paper follows [19]); Table 10 reports "3 v" (3 clips x 1 crop,
-            # as finetune.py reads it) at 8x8 and at 16x8 frames.
+            # Table 5 tests 1 view (the paper follows [19]); Table 10 reports "3 v": SSv2's test frames
+            # are fixed (ssv2.py), so its 3 views are 1 clip x 3 crops; at 8x8 and at 16x8 frames.
             local views=(--test_clips 1 --test_crops 1)
-            [[ "$ev" != ssv2 ]] && views=(--test_clips 3 --test_crops 1)
+            [[ "$ev" != ssv2 ]] && views=(--test_clips 1 --test_crops 3)
             flags=(--dataset ssv2 --data_root "$SSV2" --epochs 40 --batch_size_per_gpu "$(eval_batch 64)" --lr 0.15
-                   "${views[@]}")
+                   "${views[@]}" "${PROTOCOL_SSV2[@]}")
             [[ "$ev" == ssv2_16x8 ]] && flags+=(--num_frames 16) ;;
         linear) script=eval_linear.py
             flags=(--dataset kinetics --data_root "$K400" --epochs 100 --batch_size_per_gpu "$(eval_batch 64)"
                    --lr 1.0 --test_clips 10 --test_crops 3) ;;
         semi1|semi10) script=semisup.py
             flags=(--dataset kinetics --data_root "$K400" --fraction "${ev#semi}" --subset_dir "$RUNS/splits"
-                   --epochs 100 --batch_size_per_gpu "$(eval_batch 64)" --lr 0.01 --test_clips 10 --test_crops 3) ;;
+                   --epochs 100 --batch_size_per_gpu "$(eval_batch 64)" --lr 0.01 --test_clips 10 --test_crops 3
+                   "${PROTOCOL_SEMI[@]}") ;;
         *) echo "error: unknown evaluation '$ev'" >&2; exit 2 ;;
     esac
+    flags+=("${PROTOCOL_TEST[@]}")
     if [[ "$weights" == "" ]]; then
         log "WARNING: skipping $ev of $name: its weights are not given (see README.md, Reproducing the paper)"; return 0
     fi

@@ -209,3 +209,119 @@ def test_random_crop_same_on_all_frames_and_flip_rate():
         row = clip[0, 0, 0].float()
         flips += int(row[0] > row[-1])  # columns decrease left to right: flipped
     assert abs(flips / 400 - 0.5) < 4 * math.sqrt(0.25 / 400)
+
+
+# ------------------------------------------------------------------------------------------------
+# PySlowFast's test views, random resized crop and colour recipes
+# ------------------------------------------------------------------------------------------------
+
+def test_test_views_at_short_side_256_by_hand():
+    # PySlowFast test views (DATA.TEST_CROP_SIZE 256): short side 256, 256 crops. Kinetics 256x340 at
+    # scale 1: x offsets 0, ceil((340 - 256) / 2) = 42, 340 - 256 = 84.
+    assert augment.uniform_crop_boxes(256, 340, 256, 3) == [(0, 0, 256, 256), (0, 42, 256, 256), (0, 84, 256, 256)]
+    assert augment.uniform_crop_boxes(256, 340, 256, 1, short_side=256) == [(0, 42, 256, 256)]
+    # SSv2 240x427: scale 256/240, width floor(427 / 240 * 256) = 455; x offsets 0, ceil(199 / 2) = 100 and
+    # 199 map back to round(100 * 240 / 256) = 94 and round(199 * 240 / 256) = 187; the side is 240 source
+    # pixels. ssv2.py's single crop is index 0 (the left one), kinetics.py's the centre one.
+    assert augment.uniform_crop_boxes(240, 427, 256, 3) == [(0, 0, 240, 240), (0, 94, 240, 240), (0, 187, 240, 240)]
+    assert augment.uniform_crop_boxes(240, 427, 256, 1, single_index=0) == [(0, 0, 240, 240)]
+    assert augment.uniform_crop_boxes(240, 427, 256, 1) == [(0, 94, 240, 240)]
+    # kinetics.py, one crop, TEST_CROP_SIZE 224: frames at TRAIN_JITTER_SCALES[0] = 256, a 224 centre crop
+    # (offsets ceil(32 / 2) = 16 and ceil(116 / 2) = 58)
+    assert augment.uniform_crop_boxes(256, 340, 224, 1, short_side=256) == [(16, 58, 224, 224)]
+
+
+class ScriptedRng:
+    """Stands in for the numpy Generator: returns the given values and records the integer ranges."""
+
+    def __init__(self, uniforms, integers=(), random=0.9):
+        self.uniforms, self.integer_values, self.random_value = list(uniforms), list(integers), random
+        self.integer_ranges = []
+
+    def uniform(self, lo, hi):
+        value = self.uniforms.pop(0)
+        assert lo <= value <= hi
+        return value
+
+    def integers(self, lo, hi):
+        self.integer_ranges.append((lo, hi))
+        return self.integer_values.pop(0)
+
+    def random(self):
+        return self.random_value
+
+
+def test_random_resized_box_by_hand():
+    """PySlowFast transform._get_param_spatial_crop (log-uniform aspect, rounded sides, 10 tries, centre
+    fallback) on a 256x340 frame with BYOL_SlowR50_8x8.yaml's ranges [0.2, 0.766] and [0.75, 1.3333]."""
+    area, aspect = augment.RESIZED_CROP_AREA, augment.RESIZED_CROP_ASPECT
+    # area 0.5, aspect exp(0) = 1: sqrt(0.5 * 87040) = 208.6 -> 209 x 209; y in [0, 47], x in [0, 131]
+    rng = ScriptedRng([0.5, 0.0], integers=[10, 100])
+    assert augment.random_resized_box(256, 340, area, aspect, rng) == (10, 100, 209, 209)
+    assert rng.integer_ranges == [(0, 48), (0, 132)]
+    # area 0.766, aspect 1.3333: w = round(sqrt(66672.64 * 1.3333)) = 298, h = round(sqrt(66672.64 / 1.3333)) = 224
+    rng = ScriptedRng([0.766, math.log(1.3333)], integers=[0, 0])
+    assert augment.random_resized_box(256, 340, area, aspect, rng)[2:] == (224, 298)
+    # 100x400: area 0.766 at aspect 0.75 needs h = round(sqrt(30640 / 0.75)) = 202 > 100 rows on each of
+    # the 10 tries -> the centre crop at the largest aspect: h 100, w round(133.33) = 133, x (400 - 133) // 2
+    rng = ScriptedRng([0.766, math.log(0.75)] * 10)
+    assert augment.random_resized_box(100, 400, area, aspect, rng) == (0, 133, 100, 133)
+    assert rng.uniforms == []
+    # an aspect inside the range: the whole frame
+    assert augment.random_resized_box(100, 120, (2.0, 2.0), aspect, ScriptedRng([2.0, 0.0] * 10)) == (0, 0, 100, 120)
+
+
+def test_random_resized_crop_ranges_same_box_on_all_frames():
+    rng = np.random.default_rng(0)
+    boxes = [augment.random_resized_box(256, 340, augment.RESIZED_CROP_AREA, augment.RESIZED_CROP_ASPECT, rng)
+             for _ in range(2000)]
+    fractions = [h * w / (256 * 340) for _, _, h, w in boxes]
+    ratios = [w / h for _, _, h, w in boxes]
+    assert 0.195 < min(fractions) < 0.22 and 0.74 < max(fractions) < 0.775
+    assert 0.74 < min(ratios) < 0.77 and 1.30 < max(ratios) < 1.34
+    assert all(y + h <= 256 and x + w <= 340 for y, x, h, w in boxes)
+    x = torch.arange(64).view(1, 1, 64, 1).expand(4, 48, 64, 3).to(torch.uint8).contiguous()
+    clip = augment.random_resized_crop(x, 32, augment.RESIZED_CROP_AREA, augment.RESIZED_CROP_ASPECT, rng)
+    assert clip.shape == (3, 4, 32, 32) and torch.equal(clip, clip[:, :1].expand_as(clip))
+
+
+def test_pyslowfast_colour_recipes():
+    # BYOL_SlowR50_8x8.yaml (SSL_MOCOV2_AUG branch) and finetune_ucf_Slow_R50_syn8.yaml (the other branch)
+    assert augment.PYSLOWFAST_BYOL_JITTER == dict(brightness=0.6, contrast=0.6, saturation=0.6, hue=0.15,
+                                                  jitter_p=0.8, grayscale_p=0.2, blur_p=0.5)
+    assert augment.PYSLOWFAST_FINETUNE_JITTER == dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
+                                                      jitter_p=1.0, grayscale_p=0.2, blur_p=0.0,
+                                                      grayscale_first=True)
+    assert augment.PRETRAIN_RECIPES["paper"] == dict(resized_crop=None, jitter=dict(
+        brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, jitter_p=0.8, grayscale_p=0.2, blur_p=0.5))
+    p = augment.GpuAugment(**augment.PYSLOWFAST_FINETUNE_JITTER).sample_params(4000)
+    assert p["jitter"].all() and not p["blur"].any() and abs(p["grayscale"].float().mean() - 0.2) < 0.03
+    assert p["brightness"].min() >= 0.6 and p["brightness"].max() <= 1.4 and p["hue"].abs().max() <= 0.1
+
+
+def test_grayscale_first_matches_torchvision_sequence():
+    """PySlowFast's fine-tuning jitter: RandomGrayscale, then ColorJitter (its ops in a random order)."""
+    frames = [frame(5, 16, 16), frame(6, 16, 16)]
+    clip = torch.stack(frames, dim=1).unsqueeze(0)
+    params = dict(jitter=torch.tensor([True]), order=torch.tensor([[2, 0, 3, 1]]),
+                  brightness=torch.tensor([1.3]), contrast=torch.tensor([0.7]),
+                  saturation=torch.tensor([1.2]), hue=torch.tensor([-0.08]),
+                  grayscale=torch.tensor([True]), blur=torch.tensor([False]), sigma=torch.tensor([1.0]))
+    out = augment.apply_params(clip, params, grayscale_first=True)
+    ops = [lambda im: TF.adjust_brightness(im, 1.3), lambda im: TF.adjust_contrast(im, 0.7),
+           lambda im: TF.adjust_saturation(im, 1.2), lambda im: TF.adjust_hue(im, -0.08)]
+    for t, img in enumerate(frames):
+        img = TF.rgb_to_grayscale(img, num_output_channels=3)
+        for o in (2, 0, 3, 1):
+            img = ops[o](img)
+        assert torch.allclose(out[0, :, t], img, atol=1e-4)
+    # the default order (jitter, then grayscale) differs: hue and saturation act before the grey
+    assert not torch.allclose(augment.apply_params(clip, params), out, atol=1e-3)
+
+
+def test_inverse_uniform_short_side():
+    # DATA.INV_UNIFORM_SAMPLE: 1 / U(1/320, 1/256); the median side is 1 / ((1/320 + 1/256) / 2) = 284.4
+    rng = np.random.default_rng(0)
+    sides = [round(224 * 256 / augment.random_short_side_box(256, 340, 224, (256, 320), rng, True)[2])
+             for _ in range(4000)]
+    assert min(sides) >= 256 and max(sides) <= 320 and abs(float(np.median(sides)) - 284.4) < 2

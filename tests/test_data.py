@@ -45,13 +45,52 @@ def test_clip_indices_linspace_and_clamp():
     assert data.clip_indices(20, 64, 8, 0).tolist() == [0, 9, 18, 19, 19, 19, 19, 19]
 
 
-def test_test_clip_starts_are_uniform_and_centre_for_one():
-    starts = [data.clip_start(100, 64, i, 10) for i in range(10)]
-    assert starts == pytest.approx([0, 4, 8, 12, 16, 20, 24, 28, 32, 36])
-    assert data.clip_start(100, 64, 0, 1) == 18
+@pytest.mark.parametrize("n,spacing,k,expected", [
+    # PySlowFast decoder.get_start_end_idx, USE_OFFSET_SAMPLING False (default): delta * i / K.
+    (100, "uniform", 1, [0]),                                    # delta 36: one clip starts at 0
+    (100, "uniform", 3, [0, 12, 24]),
+    (100, "uniform", 10, [0, 3.6, 7.2, 10.8, 14.4, 18, 21.6, 25.2, 28.8, 32.4]),
+    (101, "uniform", 3, [0, 37 / 3, 74 / 3]),                    # delta 37
+    # USE_OFFSET_SAMPLING True: floor(delta / 2) for one clip, else i * floor(delta / (K - 1)).
+    (100, "offset", 1, [18]),
+    (100, "offset", 3, [0, 18, 36]),
+    (100, "offset", 10, [0, 4, 8, 12, 16, 20, 24, 28, 32, 36]),
+    (101, "offset", 1, [18]),                                    # floor(18.5)
+    (101, "offset", 10, [0, 4, 8, 12, 16, 20, 24, 28, 32, 36]),  # 4 = floor(37 / 9)
+    (40, "uniform", 3, [0, 0, 0]),                               # shorter than the window: delta 0
+])
+def test_test_clip_starts_as_pyslowfast(n, spacing, k, expected):
+    assert [data.clip_start(n, 64, i, k, spacing=spacing) for i in range(k)] == pytest.approx(expected)
+
+
+def test_test_clip_frames_and_random_starts():
+    # the second of 3 uniform clips of a 101-frame video: linspace(37/3, 37/3 + 63, 8), step 9, truncated
+    start = data.clip_start(101, 64, 1, 3)
+    assert data.clip_indices(101, 64, 8, start).tolist() == [12, 21, 30, 39, 48, 57, 66, 75]
     rng = np.random.default_rng(0)
     draws = [data.clip_start(100, 64, -1, 1, rng) for _ in range(500)]
     assert min(draws) >= 0 and max(draws) <= 36 and max(draws) - min(draws) > 30
+    with pytest.raises(ValueError, match="--test_spacing"):
+        data.clip_start(100, 64, 0, 3, spacing="centre")
+
+
+@pytest.mark.parametrize("n,t,expected", [
+    # PySlowFast ssv2.py get_seq_frames at test: s = (n - 1) / T, segment i = [round(s i), round(s (i+1))]
+    # (numpy rounds halves to even), frame (start + end) // 2.
+    (48, 8, [3, 9, 15, 21, 26, 32, 38, 44]),  # s = 5.875: bounds 0 6 12 18 24 29 35 41 47
+    (10, 4, [1, 3, 5, 8]),                    # s = 2.25: bounds 0 2 4 (4.5 -> 4) 7 9
+    (5, 8, [0, 0, 1, 2, 2, 2, 3, 4]),         # s = 0.5: bounds 0 0 1 2 2 2 3 4 4 (shorter than T)
+    (1, 4, [0, 0, 0, 0]),
+])
+def test_ssv2_test_frames_by_hand(n, t, expected):
+    assert data.segment_indices(n, t).tolist() == expected
+
+
+def test_ssv2_training_frames_cover_each_segment():
+    # n = 10, T = 4: segments [0, 2], [2, 4], [4, 7], [7, 9], a uniform frame of each (inclusive)
+    rng = np.random.default_rng(0)
+    draws = np.stack([data.segment_indices(10, 4, rng) for _ in range(400)])
+    assert [sorted(set(draws[:, i].tolist())) for i in range(4)] == [[0, 1, 2], [2, 3, 4], [4, 5, 6, 7], [7, 8, 9]]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -86,25 +125,52 @@ def test_item_opens_video_once_and_decodes_all_clips_in_one_pass(tmp_path, monke
 
 
 def test_test_views_frame_rate_mapping(tmp_path):
-    # 15 fps, 60 frames: window = 64 * 15 / 30 = 32 frames; the centre clip starts at (60 - 32) / 2 = 14
-    # and takes linspace(14, 45, 8) = 14, 18.4, 22.9, 27.3, 31.7, 36.1, 40.6, 45 -> truncated.
+    # 15 fps, 60 frames: window = 64 * 15 / 30 = 32 frames. PySlowFast's one test clip starts at 0 and
+    # takes linspace(0, 31, 8) = 0, 4.4, 8.9, 13.3, 17.7, 22.1, 26.6, 31 -> truncated; with offset spacing
+    # the centre one, floor((60 - 32) / 2) = 14: linspace(14, 45, 8) = 14, 18.4, 22.9, 27.3, ...
     path = gray_video(tmp_path / "g15.mp4", 60, fps=15)
-    ds = data.VideoDataset([(path, 0)], mode="test", test_clips=1, test_crops=1, crop_size=32)
+    ds = data.VideoDataset([(path, 0)], mode="test", test_clips=1, test_crops=1, crop_size=32, test_crop_size=32)
     clips = ds[0]["clips"]
     assert clips.shape == (1, 3, 8, 32, 32)
-    assert frame_ids(clips[0]) == [14, 18, 22, 27, 31, 36, 40, 45]
+    assert frame_ids(clips[0]) == [0, 4, 8, 13, 17, 22, 26, 31]
+    ds = data.VideoDataset([(path, 0)], mode="test", test_clips=1, test_crops=1, crop_size=32, test_crop_size=32,
+                           test_spacing="offset")
+    assert frame_ids(ds[0]["clips"][0]) == [14, 18, 22, 27, 31, 36, 40, 45]
 
 
 def test_ten_by_three_test_views(tmp_path):
     path = gray_video(tmp_path / "g.mp4", 46, size=(32, 64))
     ds = data.VideoDataset([(path, 1)], mode="test", test_clips=10, test_crops=3, num_frames=2, stride=4,
-                           crop_size=32)
+                           crop_size=28)
     clips = ds[0]["clips"]
-    assert clips.shape == (30, 3, 2, 32, 32)
-    # window 8: clip i starts at (46 - 8) * i / 9; the three crops of a clip share its frames
+    # test views of round(28 x 256 / 224) = 32 (PySlowFast's 256 for 224 training crops)
+    assert ds.test_crop_size == 32 and clips.shape == (30, 3, 2, 32, 32)
+    # window 8: clip i starts at (46 - 8) * i / 10; the three crops of a clip share its frames
     starts = [frame_ids(clips[3 * i])[0] for i in range(10)]
-    assert starts == [int(38 * i / 9) for i in range(10)]
+    assert starts == [int(38 * i / 10) for i in range(10)]
     assert all(frame_ids(clips[3 * i + j]) == frame_ids(clips[3 * i]) for i in range(10) for j in range(3))
+
+
+def test_ssv2_sampling_decodes_segment_frames(tmp_path):
+    path = gray_video(tmp_path / "g.mp4", 48, size=(32, 48))
+    ds = data.VideoDataset([(path, 0)], mode="test", test_clips=1, test_crops=3, crop_size=28, sampling="ssv2")
+    clips = ds[0]["clips"]
+    assert clips.shape == (3, 3, 8, 32, 32)  # 1 clip x 3 crops: Table 10's "3 views"
+    assert all(frame_ids(c) == [3, 9, 15, 21, 26, 32, 38, 44] for c in clips)
+    train = data.VideoDataset([(path, 0)], num_clips=2, crop_size=28, sampling="ssv2")
+    for clip in train[0]["clips"]:
+        ids = frame_ids(clip)
+        bounds = [0, 6, 12, 18, 24, 29, 35, 41, 47]
+        assert all(bounds[i] <= f <= bounds[i + 1] for i, f in enumerate(ids)), ids
+    with pytest.raises(ValueError, match="--test_clips must be 1 with --sampling ssv2"):
+        data.VideoDataset([(path, 0)], mode="test", test_clips=3, test_crops=1, sampling="ssv2")
+    assert data.build_dataset("csv", list_file=_one_video_csv(tmp_path, path)).sampling == "kinetics"
+
+
+def _one_video_csv(folder, path):
+    listing = folder / "one.csv"
+    listing.write_text(f"path,label\n{path},0\n")
+    return str(listing)
 
 
 def test_short_video_is_clamped_not_dropped(tmp_path):
@@ -210,7 +276,9 @@ def test_ssv2_json(tmp_path, tiny_mp4):
     assert [(os.path.basename(p), lab) for p, lab in train.videos] == [("11.webm", 1), ("12.webm", 0)]
     val = data.build_dataset("ssv2", root=str(tmp_path), split="val", mode="test", test_clips=1,
                              test_crops=1, crop_size=16)
-    assert [lab for _, lab in val.videos] == [0] and val[0]["clips"].shape == (1, 3, 8, 16, 16)
+    # test views of round(16 x 256 / 224) = 18; ssv2 follows PySlowFast's ssv2.py (segment sampling)
+    assert [lab for _, lab in val.videos] == [0] and val[0]["clips"].shape == (1, 3, 8, 18, 18)
+    assert train.sampling == val.sampling == "ssv2"
 
 
 def test_folder_per_class(tmp_path, tiny_mp4):
@@ -325,10 +393,10 @@ def test_odd_sizes_and_frame_rates(tmp_path):
         frames = np.random.default_rng(k).integers(0, 255, (n,) + size + (3,), dtype=np.uint8)
         path = str(tmp_path / f"v{k}.mp4")
         video.write_video(path, frames, fps=fps, pix_fmt="yuv444p")
-        for mode in ("train", "test"):
+        for mode, side in (("train", 24), ("test", 27)):  # test views: round(24 x 256 / 224) = 27
             item = data.VideoDataset([(path, 0)], num_clips=2, num_frames=8, crop_size=24, mode=mode,
                                      test_clips=2, test_crops=3)[0]
-            assert item["clips"].shape[1:] == (3, 8, 24, 24), (size, fps, mode)
+            assert item["clips"].shape[1:] == (3, 8, side, side), (size, fps, mode)
 
 
 def test_collate_counts_skipped_and_never_substitutes(bad_files):

@@ -166,7 +166,7 @@ def test_center_inflation_reproduces_2d_resnet50_on_static_clip():
     # (in float32 the two differ by ~1e-4 relative after 50 layers).
     tv.eval().double()
     enc = models.build_encoder("slow_r50")
-    enc.load_state_dict(models.inflate_2d_state_dict(sd2d, enc))
+    enc.load_state_dict(models.inflate_2d_state_dict(sd2d, enc, mode="center"))
     enc.eval().double()
     image = torch.randn(1, 3, 32, 32, dtype=torch.float64)
     clip = image.unsqueeze(2).repeat(1, 1, 4, 1, 1)
@@ -177,9 +177,10 @@ def test_center_inflation_reproduces_2d_resnet50_on_static_clip():
         torch.testing.assert_close(feats3d[..., t], feats2d, atol=1e-5, rtol=1e-6)
 
 
-def test_mean_inflation_breaks_equality_at_clip_ends():
-    """Why centre inflation is the default: with zero temporal padding, mean inflation loses a tap
-    at the first / last frame, so a static clip no longer reproduces the 2D network there."""
+def test_mean_inflation_matches_2d_away_from_clip_ends():
+    """Mean inflation (PySlowFast's, the default) reproduces the 2D network on a static clip away from
+    the temporal borders only: with zero temporal padding it loses a tap at the first / last frame.
+    Centre inflation (--inflation center) reproduces it on every frame."""
     torch.manual_seed(0)
     net2d = models.SlowResNet((1, 1, 1, 1), width=16, temporal_kernels=(1, 1, 1, 1))
     _random_bn_stats(net2d)
@@ -189,10 +190,12 @@ def test_mean_inflation_breaks_equality_at_clip_ends():
     with torch.no_grad():
         feats2d = net2d.eval().double()(image)
         feats = {}
-        for mode in ("center", "mean"):
+        for mode in ("center", "mean", None):
             enc = models.build_encoder("slow_tiny")
-            enc.load_state_dict(models.inflate_2d_state_dict(sd2d, enc, mode=mode))
+            kwargs = {} if mode is None else dict(mode=mode)
+            enc.load_state_dict(models.inflate_2d_state_dict(sd2d, enc, **kwargs))
             feats[mode] = enc.eval().double()(clip)
+    assert torch.equal(feats[None], feats["mean"])  # the default
     for t in range(5):
         torch.testing.assert_close(feats["center"][..., t], feats2d, atol=1e-8, rtol=1e-8)
     # slow_tiny has two 3x1x1 convs, so frames 0-1 and 3-4 feel the padding and frame 2 does not.
@@ -203,14 +206,27 @@ def test_mean_inflation_breaks_equality_at_clip_ends():
 def test_inflation_values_and_errors():
     enc = models.build_encoder("slow_tiny")
     sd2d = {k: (v.mean(2) if v.dim() == 5 else v) for k, v in enc.state_dict().items()}
-    center = models.inflate_2d_state_dict(sd2d, enc)
-    mean = models.inflate_2d_state_dict(sd2d, enc, mode="mean")
+    center = models.inflate_2d_state_dict(sd2d, enc, mode="center")
+    mean = models.inflate_2d_state_dict(sd2d, enc)
     w = sd2d["layer3.0.conv1.weight"]
     assert center["layer3.0.conv1.weight"].shape == (64, 128, 3, 1, 1)
     assert torch.equal(center["layer3.0.conv1.weight"][:, :, 1], w)
     assert torch.equal(center["layer3.0.conv1.weight"][:, :, 0], torch.zeros_like(w))
-    torch.testing.assert_close(mean["layer3.0.conv1.weight"][:, :, 0], w / 3)
+    # PySlowFast utils/checkpoint.py inflate_weight: v2d.unsqueeze(2).repeat(1, 1, k, 1, 1) / k
+    for t in range(3):
+        torch.testing.assert_close(mean["layer3.0.conv1.weight"][:, :, t], w / 3)
     assert torch.equal(center["conv1.weight"][:, :, 0], sd2d["conv1.weight"])
+    assert torch.equal(mean["conv1.weight"][:, :, 0], sd2d["conv1.weight"])  # 1 tap: both the same
+    assert torch.equal(mean["layer3.0.bn1.running_var"], sd2d["layer3.0.bn1.running_var"])
+    # by hand: the 2D kernel [[1, 2], [3, 4]] over 2 taps -> [[0.5, 1], [1.5, 2]] on each tap
+    net = nn.Sequential()
+    net.add_module("conv", nn.Conv3d(1, 1, (2, 2, 2), bias=False))
+    kernel = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    half = torch.tensor([[0.5, 1.0], [1.5, 2.0]])
+    assert torch.equal(models.inflate_2d_state_dict({"conv.weight": kernel}, net)["conv.weight"][0, 0],
+                       torch.stack([half, half]))
+    with pytest.raises(ValueError, match="--inflation"):
+        models.inflate_2d_state_dict(sd2d, enc, mode="centre")
     bad = dict(sd2d)
     del bad["layer2.0.bn2.weight"]
     with pytest.raises(ValueError, match="layer2.0.bn2.weight"):
@@ -283,12 +299,14 @@ def test_load_encoder_weights_formats_and_errors(tmp_path):
     target = models.build_encoder("slow_tiny")
     models.load_encoder_weights(target, source.state_dict())
     assert torch.equal(target.conv1.weight, source.conv1.weight)
-    # torchvision-layout 2D ResNet -> inflated (centre)
+    # torchvision-layout 2D ResNet -> inflated (mean, PySlowFast's, by default; centre on request)
     sd2d = {k: (v.mean(2) if v.dim() == 5 else v) for k, v in source.state_dict().items()}
     sd2d["fc.weight"], sd2d["fc.bias"] = torch.randn(10, 512), torch.randn(10)
     torch.save(sd2d, tmp_path / "r2d.pth")
     target = models.build_encoder("slow_tiny")
     models.load_encoder_weights(target, str(tmp_path / "r2d.pth"))
+    torch.testing.assert_close(target.layer3[0].conv1.weight[:, :, 0], sd2d["layer3.0.conv1.weight"] / 3)
+    models.load_encoder_weights(target, str(tmp_path / "r2d.pth"), inflate_mode="center")
     assert torch.equal(target.layer3[0].conv1.weight[:, :, 1], sd2d["layer3.0.conv1.weight"])
     # wrong architecture: shapes mismatch, the error names the file
     with pytest.raises(ValueError, match="ckpt.pth"):
@@ -342,7 +360,7 @@ def test_export_loads_back_through_the_pyslowfast_import(tmp_path):
         if v.is_floating_point():
             v.copy_(torch.randn_like(v).abs() + 0.1)
     torch.save({"encoder": source.state_dict(), "encoder_name": "slow_small", "epoch": 7}, tmp_path / "ckpt.pth")
-    plain, psf = export.main(argparse.Namespace(pretrained=str(tmp_path / "ckpt.pth"), arch=None,
+    plain, psf = export.main(argparse.Namespace(pretrained=str(tmp_path / "ckpt.pth"), arch=None, inflation="mean",
                                                 output_dir=str(tmp_path / "out")))
     saved = torch.load(psf)
     assert saved["epoch"] == 7 and "s1.pathway0_stem.conv.weight" in saved["model_state"]

@@ -15,7 +15,9 @@ import torch
 
 import utils  # noqa: F401  (first: registers the torchvision fallback)
 
+import augment  # noqa: E402
 import data  # noqa: E402
+import models  # noqa: E402
 import pretrain  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,6 +59,8 @@ VARIANTS = {
     "t6_batch_epochs": ["--batch_size_per_gpu", "3", "--epochs", "2"],
     "t7_r101": ["--arch", "slow_r101"],
     "t9_rhobyol_rho3": ["--method", "rhobyol", "--num_clips", "3"],
+    "t1_rhobyol_paper_recipe": ["--method", "rhobyol", "--augmentation", "paper"],
+    "t1_iboot_byol_recipe": ["--augmentation", "pyslowfast_byol"],
 }
 
 
@@ -83,10 +87,40 @@ def test_kinetics_list_and_inflated_init(synthetic_root, tmp_path):
     r50 = tmp_path / "resnet50_2d.pth"
     torch.save(torchvision.models.resnet50().state_dict(), r50)
     out = str(tmp_path / "k600_inflated")
+    # 4 clips per batch: batch norm over 2 clips of a randomly initialised ResNet-50 blows the first
+    # step's weights up a million times (the divergence check stops it, rightly).
     run_main(TINY + ["--arch", "slow_r50", "--dataset", "kinetics", "--data_root", synthetic_root,
                      "--train_list", str(k_list), "--method", "rhobyol", "--init", str(r50),
-                     "--output_dir", out])
+                     "--output_dir", out, "--batch_size_per_gpu", "4"])
     assert os.path.isfile(os.path.join(out, "checkpoint.pth"))
+
+
+def test_augmentation_recipe_follows_the_method(synthetic_root, tmp_path):
+    """rhoBYOL trains with PySlowFast's BYOL_SlowR50_8x8.yaml recipe, iBoot with the paper's (Section 4.1)."""
+    for method, recipe in (("iboot", "paper"), ("rhobyol", "pyslowfast_byol")):
+        args = pretrain.get_args_parser().parse_args(TINY + ["--data_root", synthetic_root, "--method", method,
+                                                             "--output_dir", str(tmp_path)])
+        pretrain.setup(args)
+        assert args.augmentation == recipe
+        loader = pretrain.build_loader(args, torch.device("cpu"))
+        assert loader.dataset.resized_crop == augment.PRETRAIN_RECIPES[recipe]["resized_crop"]
+        jitter = pretrain.build_gpu_augment(args, torch.device("cpu")).cfg
+        assert jitter == dict(augment.PRETRAIN_RECIPES[recipe]["jitter"], blur_sigma=(0.1, 2.0))
+    assert loader.dataset.resized_crop == ((0.2, 0.766), (0.75, 1.3333))
+    assert jitter["brightness"] == 0.6 and jitter["hue"] == 0.15
+
+
+@pytest.mark.parametrize("inflation", ["mean", "center"])
+def test_inflation_flag_reaches_the_init(inflation, tmp_path):
+    sd2d = {k: (v.mean(2) if v.dim() == 5 else v) for k, v in models.build_encoder("slow_tiny").state_dict().items()}
+    torch.save(sd2d, tmp_path / "r2d.pth")
+    args = pretrain.get_args_parser().parse_args(TINY + ["--method", "rhobyol", "--init", str(tmp_path / "r2d.pth"),
+                                                         "--inflation", inflation])
+    weight = pretrain.build_objective(args).encoder.layer3[0].conv1.weight.detach()  # 3 temporal taps
+    w2d = sd2d["layer3.0.conv1.weight"]
+    expected = [w2d / 3] * 3 if inflation == "mean" else [torch.zeros_like(w2d), w2d, torch.zeros_like(w2d)]
+    for t in range(3):
+        torch.testing.assert_close(weight[:, :, t], expected[t])
 
 
 def test_bad_flags_give_clear_errors(synthetic_root, tmp_path):

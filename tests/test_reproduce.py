@@ -59,21 +59,39 @@ def test_full_scale_commands_use_torchrun_over_nodes_and_keep_the_global_batch(d
         assert "--epochs 200" in c if "_e200_" in c else "--epochs 100" in c
     table1 = " ".join(commands[1])
     assert "--method rhobyol" in table1 and "--teacher swav_r50w2 --no_temporal_pool" in table1
-    assert "--init /w/byol_r50.pth" in " ".join(commands[9])
+    # rhoBYOL with PySlowFast's BYOL_SlowR50_8x8.yaml augmentation, and the extra run with iBoot's
+    assert "rhobyol_slow_r50_k400_e100_b104 --epochs 100" in table1
+    assert re.search(r"rhobyol_slow_r50_k400_e100_b104 --epochs 100 .*--augmentation pyslowfast_byol", table1)
+    assert re.search(r"rhobyol_paperaug_slow_r50_k400_e100_b104 --epochs 100 .*--augmentation paper", table1)
+    table9 = [c for c in commands[9] if " pretrain.py " in c and "rhobyol" in c]
+    assert len(table9) == 2 and all("--augmentation pyslowfast_byol" in c for c in table9)
+    assert "--init /w/byol_r50.pth --inflation mean" in " ".join(commands[9])
     assert "--pretrained /w/SLOW_8x8_R50_BYOL.pkl" in " ".join(commands[11])
     assert "--fraction 1 " in " ".join(commands[11]) and "--fraction 10 " in " ".join(commands[11])
     # Paper protocols (Section 4.2): UCF/HMDB 196 epochs, global batch 128 (16 on each of 8 GPUs),
-    # lr 0.0025, 10x3 views
+    # lr 0.0025, 10x3 views; PySlowFast's where the paper is silent (finetune_ucf_Slow_R50_syn8.yaml:
+    # dropout 0.8, colour jitter; DATA.TEST_CROP_SIZE 256, USE_OFFSET_SAMPLING False)
     ucf = [c for c in commands[1] if "--dataset ucf101" in c][0]
-    assert "--epochs 196 --batch_size_per_gpu 16 --lr 0.0025 --test_clips 10 --test_crops 3" in ucf
+    assert ("--epochs 196 --batch_size_per_gpu 16 --lr 0.0025 --test_clips 10 --test_crops 3 "
+            "--dropout 0.8 --train_jitter pyslowfast --test_crop_size 256 --test_spacing uniform") in ucf
+    evals = [c for cmds in commands.values() for c in cmds if " pretrain.py " not in c]
+    assert evals and all("--test_crop_size 256 --test_spacing uniform" in c for c in evals)
+    # SSv2 (finetune_SSv2_Slow_R50_syn8.yaml, ssv2.py): segment sampling; Table 10's "3 v" = 1 clip x 3 crops
+    ssv2 = {re.search(r"--run_name \S+__(\S+)", c).group(1): c for c in commands[10] if "--dataset ssv2" in c}
+    assert set(ssv2) == {"ssv2", "ssv2_3v", "ssv2_16x8"}
+    assert all("--sampling ssv2 --dropout 0.5 --train_jitter none" in c for c in ssv2.values())
+    assert "--test_clips 1 --test_crops 1" in ssv2["ssv2"]
+    assert all("--test_clips 1 --test_crops 3" in ssv2[e] for e in ("ssv2_3v", "ssv2_16x8"))
+    semi = [c for c in commands[11] if "semisup.py" in c]
+    assert semi and all("--dropout 0.5 --train_jitter none" in c for c in semi)
 
 
 def test_every_table_row_is_trained_by_a_script_and_shared_runs_are_shared(dry_runs):
     runs, commands = dry_runs
     trained = {n: set(re.findall(r"pretrain\.py --output_dir \S+/(\S+)", " ".join(c))) for n, c in commands.items()}
     evaluated = {n: set(re.findall(r"--run_name (\S+)__", " ".join(c))) for n, c in commands.items()}
-    for n, spec in collect.TABLES.items():
-        for label, run, _ in spec["rows"]:
+    for n in collect.TABLES:
+        for label, run, _, _ in collect.table_rows(n):
             if run is None:
                 continue
             assert run in evaluated[n], f"table {n}, row {label}: run {run} is not evaluated by table{n}.sh"
