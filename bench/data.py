@@ -46,12 +46,12 @@ def render_kinetics_like(rng, height, width, num_frames):
     vy, vx = rng.uniform(-1.5, 1.5), rng.uniform(-2.5, 2.5)
     objects = data.render_synthetic_video(int(rng.integers(6)), 6, rng, height, width, num_frames)
     mask = (np.abs(objects.astype(np.int16) - objects[:1].astype(np.int16)).sum(-1) > 60)[..., None]
-    video = np.empty((num_frames, height, width, 3), np.uint8)
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
     for t in range(num_frames):
         bg = np.roll(texture, (int(round(t * vy)), int(round(t * vx))), axis=(0, 1))[:height, :width]
         frame = np.where(mask[t], objects[t], bg) + rng.normal(0, 3, (height, width, 3))
-        video[t] = np.clip(frame, 0, 255).astype(np.uint8)
-    return video
+        frames[t] = np.clip(frame, 0, 255).astype(np.uint8)
+    return frames
 
 
 def kinetics_like_videos(folder, count, seconds=10, width=340, height=256, fps=30):
@@ -61,8 +61,8 @@ def kinetics_like_videos(folder, count, seconds=10, width=340, height=256, fps=3
     for i in range(count):
         path = os.path.join(folder, f"k{i:02d}.mp4")
         if not os.path.isfile(path):
-            video = render_kinetics_like(np.random.default_rng(1000 + i), height, width, seconds * fps)
-            video.write_video(path, video, fps=fps)  # libx264 defaults: crf 23, preset medium, keyint 250
+            frames = render_kinetics_like(np.random.default_rng(1000 + i), height, width, seconds * fps)
+            video.write_video(path, frames, fps=fps)  # libx264 defaults: crf 23, preset medium, keyint 250
         paths.append(path)
     return paths
 
