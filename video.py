@@ -327,7 +327,7 @@ def read_frames(path, plan, max_short_side=None, decode_threads=1, max_extra_fra
             except DECODE_ERRORS:
                 if decode is _decode_forward:
                     raise
-                t += 1  # e.g. the demuxer cannot seek this file: decode from the start
+                t = len(tries) - 1  # e.g. the demuxer cannot seek this file: decode from the start
     raise UndecodableVideo("decoding failed")
 
 

@@ -153,3 +153,17 @@ def test_stream_without_timestamps_takes_the_forward_path(tmp_path):
     assert stats["sent"] == 0
     for i in (0, 17, 39):
         assert np.array_equal(got[i], frames[i][1])
+
+
+def test_a_needed_frame_that_does_not_come_out_takes_the_forward_path(files, monkeypatch):
+    # e.g. a decoder that starts with too small a reorder depth and drops a frame: simulated by a
+    # plan that needs a timestamp no packet carries
+    path = files["h264_bframes.mp4"]
+    _, frames = full_decode(path)
+    resolve = video._resolve
+    monkeypatch.setattr(video, "_resolve", lambda *a: {**resolve(*a), -1: -12345})
+    stats = {}
+    _, got = video.read_frames(path, lambda _: np.array([4, 50]), stats=stats)
+    assert stats["sent"] == 0 and sorted(got) == [4, 50]
+    for i in (4, 50):
+        assert np.array_equal(got[i], expected_frame(frames, i))
