@@ -1,13 +1,28 @@
 """Reading and writing video files with PyAV: the one frame reader of the project.
 
-    read_frames(path, plan)   open a video once, decode only the frames `plan(info)` asks for
+    read_frames(path, plan)   open a video once, decode only what the frames `plan(info)` asks for need
     VideoInfo                 fps, frame count and timestamps of the first video stream
     DECODE_ERRORS             what a broken or unreadable file raises while it is read
     write_video(path, frames) H.264 (or another codec) writer for the synthetic set, tests and benchmarks
 
-Decoding opens each video once, seeks to the keyframe before the earliest wanted frame, decodes
-forward once and stops after the last wanted frame; only the wanted frames are converted to RGB.
+Index i of a video is the last frame whose timestamp index is <= i (the first frame if none; past the
+end, the last frame). read_frames decodes as little as that allows (selective decoding):
+  1. Demux first, decode after. One seek to the keyframe before the earliest wanted index, then the
+     packets are read (demuxing decodes nothing) up to a little past the last wanted index. Packets
+     carry their frame's presentation timestamp and a keyframe flag, so the frame every wanted index
+     resolves to, and where decoding could restart, are known before any decoding.
+  2. Runs. Decoding restarts (decoder drained and flushed) at a keyframe lying between two needed
+     frames, so frames between clips that fall in different GOPs are never decoded.
+  3. Within a run, a packet whose frame is not needed is sent with FFmpeg's skip_frame = NONREF: the
+     decoder drops it when no other frame references it (H.264/HEVC non-reference B-frames, MPEG-4
+     B-VOPs) and decodes it otherwise, so every needed frame is bit-identical to a full decode.
+  4. Only the needed frames are converted to RGB, through one single-threaded swscale context.
+  5. The file is opened without FFmpeg's probe decoding (_SELECTIVE_OPEN), which costs more than
+     decoding a frame and tells the selective path nothing it uses.
+Files whose packets have no timestamps (raw streams), whose decoded frames do not carry the packets'
+timestamps, or that fail part-way are decoded plainly from the start instead (the forward path).
 """
+import bisect
 import os
 from fractions import Fraction
 
@@ -26,6 +41,18 @@ class UndecodableVideo(Exception):
 # in the pipeline or a failed allocation (TypeError, IndexError, MemoryError, ...) is not a bad video:
 # it surfaces with its traceback.
 DECODE_ERRORS = (av.error.FFmpegError, UndecodableVideo)
+
+# Opening a file runs FFmpeg's stream probe, which decodes the first frames only to fill in fields the
+# selective path does not use (pixel format, a guess of the reorder depth): 3.1 of the 3.8 ms an open of
+# a 340x256 H.264 file costs (measured). skip_frame=all reaches only that probing decoder; rates, frame
+# counts and timestamps came out the same on 328 files. A decoder that starts with too small a
+# reorder depth may drop a frame of a stream whose SPS does not state it: a needed frame then does not
+# come out, and the forward path (opened with the full probe) decodes the file.
+_SELECTIVE_OPEN = {"skip_frame": "all"}
+
+# Packets read past the first one beyond the last wanted index: a B-frame of an earlier frame can
+# still follow it in decode order, at most H.264's largest reorder depth (16) packets later.
+_REORDER_MARGIN = 16
 
 
 # ----------------------------------------------------------------------------------------------
@@ -61,26 +88,44 @@ class VideoInfo:
             n = int(round(seconds * self.fps)) if seconds else 0
         self.num_frames = int(n)
 
+    def pts_index(self, pts):
+        """Frame index of a timestamp (needs time_base)."""
+        return int(round((pts - self.start_pts) * self.time_base * self.fps))
+
     def frame_index(self, frame, counter):
         """Index of a decoded frame from its timestamp (robust to dropped frames), else its position."""
         if frame.pts is None or self.time_base is None:
             return counter
-        return int(round((frame.pts - self.start_pts) * self.time_base * self.fps))
+        return self.pts_index(frame.pts)
 
 
-class _SeekFailed(Exception):
-    pass
+class _Fallback(Exception):
+    """Selective decoding does not hold for this file: decode it forward from the start instead."""
 
 
-def _to_rgb(reformatter, frame, size):
-    """uint8 (h, w, 3) RGB of frame at size (h, w). One VideoReformatter per video: frame.to_ndarray
-    builds a new swscale context per call, which costs 2.2 ms against 0.06 ms for the conversion of a
-    340x256 frame through a reused one (measured)."""
-    h, w = size
-    if h == frame.height and w == frame.width:
-        return reformatter.reformat(frame, format="rgb24").to_ndarray()
-    # swscale's bilinear widens its filter when shrinking, so this is antialiased like AREA, but faster.
-    return reformatter.reformat(frame, format="rgb24", width=w, height=h, interpolation="BILINEAR").to_ndarray()
+class _SeekLanded(_Fallback):
+    """The seek landed after the first wanted frame: decode selectively from the start instead."""
+
+
+class _RGB:
+    """Converts frames to uint8 (h, w, 3) RGB at one working size per video, through one swscale
+    context per video with one thread: swscale's default (a thread per core) spawned threads for
+    every video, and converting the 24 frames of a sample cost 3.4 ms instead of 1.2 ms (measured,
+    340x256; the worker is single-threaded by design anyway)."""
+
+    def __init__(self, max_short_side):
+        self.max_short_side, self.size = max_short_side, None
+        self.reformatter = VideoReformatter()
+
+    def __call__(self, frame):
+        if self.size is None:
+            self.size = _working_size(frame, self.max_short_side)
+        h, w = self.size
+        if h == frame.height and w == frame.width:
+            return self.reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+        # swscale's bilinear widens its filter when shrinking, so this is antialiased like AREA, but faster.
+        return self.reformatter.reformat(frame, format="rgb24", width=w, height=h, interpolation="BILINEAR",
+                                         threads=1).to_ndarray()
 
 
 def _working_size(frame, max_short_side):
@@ -96,59 +141,149 @@ def _working_size(frame, max_short_side):
     return max(1, int(round(h * s))), max(1, int(round(w * s)))
 
 
-def _decode_wanted(container, info, wanted, seek, max_short_side, max_extra_frames, stats):
-    """Decode once, forward, returning {index: uint8 (H, W, 3)} for the sorted unique `wanted` indices.
+# ---- selective path: demux, plan, decode only what the plan needs ----------------------------
 
-    Index i gets the last frame whose timestamp index is <= i (the first frame if none): gaps in the
-    timestamps and a header that over-counts frames (truncated files) then degrade like PySlowFast's
-    clamping instead of failing.
-    """
-    stream = info.stream
+def _demux(container, info, wanted, seek, max_extra_frames, stats):
+    """Packets (decode order) from the keyframe before wanted[0] (from the start if not seek) to a
+    little past wanted[-1]."""
+    if info.time_base is None:
+        raise _Fallback("no time base")
     first, last = int(wanted[0]), int(wanted[-1])
-    if seek and first > 0 and info.time_base:
+    seek = seek and first > 0
+    if seek:
         target = info.start_pts + int(first / info.fps / info.time_base)
-        container.seek(target, stream=stream, backward=True, any_frame=False)
-    else:
-        seek = False
-    stats.update(seeked=seek, decoded=0)
-    out, p = {}, 0
-    prev, prev_rgb, size = None, None, None
-    reformatter = VideoReformatter()
-    cap = last + 1 + max_extra_frames  # hang guard: never decode more than this many frames
+        container.seek(target, stream=info.stream, backward=True, any_frame=False)
+    stats["seeked"] = seek
+    packets, after_last = [], 0
+    cap = last + 1 + max_extra_frames  # hang guard: never read more packets than this
     try:
-        for counter, frame in enumerate(container.decode(stream)):
+        for packet in container.demux(info.stream):
+            if not packet.size:  # the end-of-stream marker, empty AVI chunks
+                continue
+            if packet.pts is None:
+                raise _Fallback("packet without timestamp")
+            packets.append(packet)
+            if after_last or info.pts_index(packet.pts) > last:
+                after_last += 1
+            if after_last > _REORDER_MARGIN or len(packets) >= cap:
+                break
+    except DECODE_ERRORS:
+        if not packets:
+            raise
+        # A truncated or corrupt file: the packets before the damage are the video.
+    if not packets:
+        raise UndecodableVideo("no packet")
+    # Frames that follow the keyframe in decode order but precede it on screen may refer to frames
+    # before the seek point (MPEG-4 B-VOPs, open GOPs): the seek must land at or before wanted[0].
+    if seek and info.pts_index(packets[0].pts) > first:
+        raise _SeekLanded(f"seek landed at frame {info.pts_index(packets[0].pts)}, after {first}")
+    return packets
+
+
+def _resolve(packets, info, wanted):
+    """{wanted index: pts of the frame it resolves to}: the last frame whose index is <= it, else
+    the first frame; timestamps come from the packets, in presentation order."""
+    pts = sorted(p.pts for p in packets)
+    if any(a == b for a, b in zip(pts, pts[1:])):
+        raise _Fallback("two packets with one timestamp")
+    index = [info.pts_index(t) for t in pts]  # non-decreasing, as pts
+    return {int(i): pts[max(bisect.bisect_right(index, int(i)) - 1, 0)] for i in wanted}
+
+
+def _runs(packets, needed):
+    """[start, stop] packet ranges (decode order) to decode so that every needed packet is decoded.
+
+    A run starts at the head of the packet list or at a restart point: a keyframe that no later
+    packet precedes in presentation order (no leading frame refers to the GOP before it). A run ends
+    at a needed packet; the next needed packet opens a new run when a restart point lies between.
+    """
+    restart_at = [False] * len(packets)
+    earliest_after = float("inf")
+    for k in range(len(packets) - 1, -1, -1):
+        pts = packets[k].pts
+        restart_at[k] = packets[k].is_keyframe and pts < earliest_after
+        earliest_after = min(earliest_after, pts)
+    runs, restart = [], 0
+    for k, packet in enumerate(packets):
+        if restart_at[k]:
+            restart = k
+        if packet.pts in needed:
+            if runs and restart <= runs[-1][1]:
+                runs[-1][1] = k
+            else:
+                runs.append([restart, k])
+    return runs
+
+
+def _decode_runs(codec, packets, runs, needed, convert, stats):
+    """{pts: RGB} of the needed frames. Packets of frames nobody needs go in with skip_frame NONREF."""
+    all_pts = {p.pts for p in packets}
+    rgb = {}
+
+    def take(frames):
+        for frame in frames:
             stats["decoded"] += 1
-            if frame.pts is None and seek:
-                raise _SeekFailed("no timestamps after seeking")
+            if frame.pts not in all_pts:  # the decoder re-timed frames: packet timestamps mean nothing
+                raise _Fallback("decoded frame with a timestamp no packet has")
+            if frame.pts in needed and frame.pts not in rgb:
+                rgb[frame.pts] = convert(frame)
+
+    for start, stop in runs:
+        for packet in packets[start:stop + 1]:
+            codec.skip_frame = "DEFAULT" if packet.pts in needed else "NONREF"
+            take(codec.decode(packet))
+        codec.skip_frame = "DEFAULT"
+        take(codec.decode(None))  # drain: the frames the decoder holds back for reordering
+        codec.flush_buffers()     # ready for the next run's keyframe
+    if len(rgb) < len(needed):
+        raise _Fallback("a needed frame did not come out of the decoder")
+    return rgb
+
+
+def _decode_selected(container, info, wanted, seek, convert, max_extra_frames, stats):
+    """{index: RGB} for the sorted unique `wanted` indices, decoding only the frames they need."""
+    stats.update(decoded=0, seeked=False, runs=0, sent=0)
+    packets = _demux(container, info, wanted, seek, max_extra_frames, stats)
+    resolved = _resolve(packets, info, wanted)
+    needed = set(resolved.values())
+    runs = _runs(packets, needed)
+    stats.update(runs=len(runs), sent=sum(stop - start + 1 for start, stop in runs))
+    rgb = _decode_runs(info.stream.codec_context, packets, runs, needed, convert, stats)
+    return {i: rgb[pts] for i, pts in resolved.items()}
+
+
+# ---- forward path: decode from the start, frame by frame -----------------------------------
+
+def _decode_forward(container, info, wanted, seek, convert, max_extra_frames, stats):
+    """{index: RGB} by decoding every frame from the start (frames without timestamps are indexed by
+    position). Stops at the first frame past the last wanted index; a corrupt packet after some good
+    frames ends the video, as a header that over-counts frames does (both clamp to the last frame)."""
+    stats.update(decoded=0, seeked=False, runs=1, sent=0)
+    out, p = {}, 0
+    held, held_rgb = None, None  # the last frame so far, and its RGB once converted
+    cap = int(wanted[-1]) + 1 + max_extra_frames  # hang guard: never decode more than this many frames
+    try:
+        for counter, frame in enumerate(container.decode(info.stream)):
+            stats["decoded"] += 1
             idx = info.frame_index(frame, counter)
-            if prev is None and seek and idx > first:
-                raise _SeekFailed("seek landed after the first needed frame")
-            if size is None:
-                size = _working_size(frame, max_short_side)
-            rgb = None
-            while p < len(wanted) and idx >= wanted[p]:
-                if idx == wanted[p] or prev is None:
-                    rgb = rgb if rgb is not None else _to_rgb(reformatter, frame, size)
-                    out[int(wanted[p])] = rgb
-                else:
-                    prev_rgb = prev_rgb if prev_rgb is not None else _to_rgb(reformatter, prev, size)
-                    out[int(wanted[p])] = prev_rgb
+            while p < len(wanted) and wanted[p] < idx:
+                if held is None:  # an index before the first frame gets the first frame
+                    held = frame
+                held_rgb = held_rgb if held_rgb is not None else convert(held)
+                out[int(wanted[p])] = held_rgb
                 p += 1
             if p == len(wanted) or counter >= cap:
                 break
-            prev, prev_rgb = frame, rgb
-    except _SeekFailed:
-        raise
+            if held is not frame:
+                held, held_rgb = frame, None
     except DECODE_ERRORS:
-        if prev is None and not out:
+        if held is None:
             raise
-        # A corrupt packet after some good frames: treat as the end of the video.
-    if prev is None and not out:
+    if held is None:
         raise UndecodableVideo("no frame decoded")
-    if p < len(wanted):  # end of stream before the last needed index: clamp to the last frame
-        last_rgb = prev_rgb if prev_rgb is not None else _to_rgb(reformatter, prev, size)
-        for i in wanted[p:]:
-            out[int(i)] = last_rgb
+    for i in wanted[p:]:  # end of stream before these indices: the last frame
+        held_rgb = held_rgb if held_rgb is not None else convert(held)
+        out[int(i)] = held_rgb
     return out
 
 
@@ -160,13 +295,22 @@ def _count_packets(path):
 def read_frames(path, plan, max_short_side=None, decode_threads=1, max_extra_frames=300, stats=None):
     """Open `path` once and decode the frames that `plan(info) -> sorted unique indices` asks for.
 
-    stats (a dict, optional) receives "decoded" (frames decoded) and "seeked" (whether it sought).
+    stats (a dict, optional) receives "decoded" (frames out of the decoder), "seeked" (whether it
+    sought), "runs" (decoder restarts at a keyframe) and "sent" (packets given to the decoder; 0 on
+    the forward path).
 
-    Returns (info, {index: uint8 (H, W, 3)}). Seeks to the keyframe before the earliest index; if the
-    seek fails or lands badly, decodes once more from the start. Raises one of DECODE_ERRORS.
+    Returns (info, {index: uint8 (H, W, 3)}), index i holding the last frame whose timestamp index is
+    <= i. Decodes selectively (module docstring); if the seek fails or lands badly, selectively from
+    the start; where selective decoding does not hold for a file, plainly from the start (the plan is
+    asked again at each try). Raises one of DECODE_ERRORS.
     """
-    for seek in (True, False):
-        with av.open(path, metadata_errors="ignore") as container:
+    stats = stats if stats is not None else {}
+    tries = ((_decode_selected, True), (_decode_selected, False), (_decode_forward, False))
+    t = 0
+    while t < len(tries):
+        decode, seek = tries[t]
+        probe = _SELECTIVE_OPEN if decode is _decode_selected else None
+        with av.open(path, metadata_errors="ignore", options=probe) as container:
             info = VideoInfo(container)
             if info.num_frames <= 0:  # no count and no duration in the header (raw streams): count packets
                 info.num_frames = _count_packets(path)
@@ -176,19 +320,25 @@ def read_frames(path, plan, max_short_side=None, decode_threads=1, max_extra_fra
             info.stream.codec_context.thread_count = decode_threads
             wanted = plan(info)
             try:
-                return info, _decode_wanted(container, info, wanted, seek, max_short_side, max_extra_frames,
-                                            stats if stats is not None else {})
-            except _SeekFailed:
-                continue
+                return info, decode(container, info, wanted, seek, _RGB(max_short_side), max_extra_frames,
+                                    stats)
+            except _SeekLanded:
+                t += 1
+            except _Fallback:
+                t = len(tries) - 1
             except DECODE_ERRORS:
-                if not seek:
+                if decode is _decode_forward:
                     raise
-                continue  # e.g. the demuxer cannot seek this file: decode from the start
-    raise UndecodableVideo("decoding failed with and without seeking")
+                t = len(tries) - 1  # e.g. the demuxer cannot seek this file: decode from the start
+    raise UndecodableVideo("decoding failed")
 
 
-def write_video(path, frames, fps=30, codec="libx264", pix_fmt="yuv420p", options=None, gop_size=None):
-    """Write uint8 frames (T, H, W, 3) to path (container from the extension), atomically."""
+def write_video(path, frames, fps=30, codec="libx264", pix_fmt="yuv420p", options=None, gop_size=None,
+                pts=None):
+    """Write uint8 frames (T, H, W, 3) to path (container from the extension), atomically.
+
+    pts: increasing integer timestamps of the frames in units of 1/fps (a variable-frame-rate file
+    when they have gaps); frame k is at k/fps when None."""
     frames = np.asarray(frames, dtype=np.uint8)
     root, ext = os.path.splitext(path)
     tmp = f"{root}.part{os.getpid()}{ext}"
@@ -201,8 +351,11 @@ def write_video(path, frames, fps=30, codec="libx264", pix_fmt="yuv420p", option
             stream.options = dict(options)
         if gop_size:
             stream.codec_context.gop_size = gop_size
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+        for k, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            if pts is not None:
+                frame.pts, frame.time_base = int(pts[k]), 1 / Fraction(rate)
+            for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
