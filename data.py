@@ -23,7 +23,7 @@ Sampling follows PySlowFast, in one of two ways (`sampling`, chosen by the data 
 Test views are resized so the short side is test_crop_size (PySlowFast DATA.TEST_CROP_SIZE, 256 for
 224 training crops) and cropped test_crop_size x test_crop_size (3 crops, or 1 as each dataset class).
 
-Each item opens its video once and decodes, in one pass, only the frames its clips need (video.py).
+Each item opens its video once and decodes only what the frames its clips need depend on (video.py).
 A video that cannot be decoded gives None (never another video): the collate function counts it and
 the training loop reports the count each epoch.
 """
