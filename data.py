@@ -339,6 +339,16 @@ def _base(dataset):
     return dataset
 
 
+def add_bad_video_args(group):
+    """--skip_missing and --max_skip_share, the flags of every script that reads a video list."""
+    group.add_argument("--skip_missing", action="store_true",
+                       help="drop listed videos that do not exist (listed in output_dir/missing_videos.txt) instead "
+                            "of stopping at start-up")
+    group.add_argument("--max_skip_share", type=float, default=0.05,
+                       help="stop when more than this share of an epoch's (or a test set's) videos cannot be "
+                            "decoded; each one is listed in output_dir/skipped_videos.txt")
+
+
 def write_missing_videos(output_dir, *datasets):
     """output_dir/missing_videos.txt: every listed video that --skip_missing left out, one per line (rank 0)."""
     missing = [p for d in datasets for p in getattr(_base(d), "missing", [])]

@@ -72,12 +72,7 @@ def add_eval_args(p, paper_defaults, training=True):
     g.add_argument("--data_root", default="data/k400", help="folder of the videos (and list/split files)")
     g.add_argument("--train_list", default=None, help="training list for kinetics/csv (default: the root's)")
     g.add_argument("--val_list", default=None, help="validation list for kinetics/csv (default: the root's)")
-    g.add_argument("--skip_missing", action="store_true",
-                   help="drop listed videos that do not exist (listed in output_dir/missing_videos.txt) instead "
-                        "of stopping at start-up")
-    g.add_argument("--max_skip_share", type=float, default=0.05,
-                   help="stop when more than this share of an epoch's (or the test set's) videos cannot be "
-                        "decoded; each one is listed in output_dir/skipped_videos.txt")
+    data.add_bad_video_args(g)
     g.add_argument("--num_frames", type=int, default=None, help="T frames per clip" + paper("num_frames"))
     g.add_argument("--stride", type=int, default=None, help="tau, frame stride" + paper("stride"))
     g.add_argument("--crop_size", type=int, default=None, help="spatial crop" + paper("crop_size"))

@@ -89,12 +89,7 @@ def get_args_parser():
     g.add_argument("--train_list", default=None,
                    help="list file for kinetics/csv (PySlowFast 'path label' lines, or a CSV path,label)")
     g.add_argument("--split", default=1, type=int, help="official split for ucf101/hmdb51")
-    g.add_argument("--skip_missing", action="store_true",
-                   help="drop listed videos that do not exist (listed in output_dir/missing_videos.txt) instead "
-                        "of stopping at start-up")
-    g.add_argument("--max_skip_share", type=float, default=0.05,
-                   help="stop when more than this share of an epoch's videos cannot be decoded; each one is "
-                        "listed in output_dir/skipped_videos.txt")
+    data.add_bad_video_args(g)
     g.add_argument("--num_frames", type=int, default=None, help="T frames per clip (paper 8)")
     g.add_argument("--stride", type=int, default=None, help="tau, frame stride at 30 fps (paper 8)")
     g.add_argument("--crop_size", type=int, default=None, help="training crop (paper 224)")
