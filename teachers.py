@@ -23,6 +23,7 @@
 - `convert_lite0_state_dict(sd, model)`: lukemelas efficientnet_pytorch key names -> timm's.
 """
 import os
+import zipfile
 
 import torch
 import torch.nn as nn
@@ -126,15 +127,28 @@ def public_weights(name, load):
             f"(or use the offline teacher {DEFAULT_TEACHER!r})") from None
 
 
+def _check_readable(path):
+    """A file that is no checkpoint at all (text, an image, an HTML error page saved by a download) is
+    named as such, before a library reports it as some KeyError deep inside. Checked by its first
+    bytes: a zip archive (torch.save, TorchScript such as OpenAI's CLIP .pt), a pickle (older
+    torch.save, SwAV's .pth.tar) or safetensors (an 8-byte length, then a JSON header)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if zipfile.is_zipfile(path) or head[:1] == b"\x80" or head[8:9] == b"{":
+        return
+    raise ValueError(f"{WEIGHTS_FLAG} {path}: not a PyTorch or safetensors checkpoint (it starts with {head!r})")
+
+
 def local_weights(name, path, load):
     """Run `load` on a weights file the user gave; a file that is not this teacher's weights (another
     model's, not a checkpoint at all) becomes one line naming the flag, the file and what did not match."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{WEIGHTS_FLAG} {path}: no such file")
+    _check_readable(path)
     try:
         return load()
     except Exception as e:  # noqa: BLE001 - re-raised with the file named, never swallowed
-        detail = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        detail = " ".join(str(e).split())[:300]  # PyTorch lists the mismatched keys on the next lines
         raise ValueError(f"{WEIGHTS_FLAG} {path}: not usable weights for teacher {name!r} "
                          f"({type(e).__name__}: {detail})") from None
 

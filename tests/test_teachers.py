@@ -142,7 +142,7 @@ def test_weights_neither_cached_nor_downloadable_give_one_line(name, tmp_path):
 def test_a_wrong_weights_file_is_named_with_what_did_not_match(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint\n")
-    with pytest.raises(ValueError, match=f"--teacher_weights {text}: not usable weights for teacher 'dino_vit_s16'"):
+    with pytest.raises(ValueError, match=f"--teacher_weights {text}: not a PyTorch or safetensors checkpoint"):
         teachers.build_teacher("dino_vit_s16", weights=str(text))
     other = tmp_path / "resnet18.pth"
     torch.save(timm.create_model("resnet18").state_dict(), other)
