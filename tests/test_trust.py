@@ -113,17 +113,26 @@ PRETRAIN_BAD = [("--epochs", "0"), ("--epochs", "-1"), ("--batch_size_per_gpu", 
                 ("--log_every", "0"), ("--max_iters_per_epoch", "-1"), ("--num_frames", "0"), ("--stride", "0"),
                 ("--crop_size", "0"), ("--crop_size", "16"), ("--crop_size", "100000"), ("--num_workers", "-1"),
                 ("--seed", "-1"), ("--num_clips", "0"), ("--num_clips", "4"), ("--split", "4"),
-                ("--max_skip_share", "1.5"), ("--max_skip_share", "-0.1")]
+                ("--max_skip_share", "1.5"), ("--max_skip_share", "-0.1"), ("--num_frames", "-1"), ("--stride", "-1"),
+                ("--weight_decay", "nan"), ("--momentum", "nan"), ("--momentum", "1.5"), ("--clip_grad", "nan"),
+                ("--warmup_epochs", "nan"), ("--max_skip_share", "nan"), ("--base_lr", "-inf")]
 KNN_BAD = [("--nb_knn", "0"), ("--nb_knn", "-5"), ("--temperature", "0.0"), ("--temperature", "-0.07"),
            ("--temperature", "nan"), ("--batch_size_per_gpu", "0"), ("--num_frames", "0"), ("--stride", "0"),
            ("--crop_size", "0"), ("--crop_size", "5000"), ("--test_clips", "0"), ("--test_crops", "2"),
            ("--test_crops", "0"), ("--num_workers", "-1"), ("--seed", "-1"), ("--log_every", "0"),
-           ("--max_skip_share", "2.0"), ("--pretrain_epochs", "-1")]
+           ("--max_skip_share", "2.0"), ("--pretrain_epochs", "-1"), ("--test_clips", "-1"), ("--crop_size", "16"),
+           ("--stride", "-1"), ("--num_frames", "-1"), ("--temperature", "inf"), ("--test_crop_size", "0"),
+           ("--test_crop_size", "100000")]
 TRAINING_BAD = [(finetune, "--dropout", "1.0"), (finetune, "--dropout", "-0.1"), (finetune, "--lr", "0.0"),
                 (finetune, "--epochs", "0"), (finetune, "--eval_freq", "-1"), (finetune, "--warmup_epochs", "500.0"),
                 (finetune, "--weight_decay", "-1.0"), (finetune, "--max_iters_per_epoch", "-3"),
                 (semisup, "--fraction", "0.0"), (semisup, "--fraction", "150.0"), (eval_linear, "--lr", "-1.0"),
-                (eval_linear, "--warmup_start_lr", "-0.5")]
+                (eval_linear, "--warmup_start_lr", "-0.5"), (finetune, "--lr", "nan"), (finetune, "--lr", "inf"),
+                (finetune, "--dropout", "nan"), (finetune, "--epochs", "-1"), (finetune, "--weight_decay", "nan"),
+                (finetune, "--bn_weight_decay", "-1.0"), (finetune, "--warmup_start_lr", "nan"),
+                (semisup, "--fraction", "-1.0"), (semisup, "--fraction", "nan"), (semisup, "--epochs", "0"),
+                (semisup, "--lr", "0.0"), (eval_linear, "--epochs", "0"), (eval_linear, "--lr", "inf"),
+                (eval_linear, "--eval_freq", "-2"), (eval_linear, "--batch_size_per_gpu", "0")]
 CASES = ([(pretrain, f, v) for f, v in PRETRAIN_BAD] + [(eval_knn, f, v) for f, v in KNN_BAD] + TRAINING_BAD)
 
 
@@ -140,7 +149,7 @@ def test_5_every_bad_flag_value_is_one_line_naming_it_before_anything_is_written
     message = str(e.value)
     assert message.startswith(f"{flag} ") and value.strip("-.0") in message and "\n" not in message, message
     assert not out.exists()
-    assert len(CASES) >= 59
+    assert len(CASES) >= 72  # the issue tried 72 bad values
 
 
 def test_6_undecodable_videos_are_listed_once_with_their_reason(root, tmp_path):
