@@ -534,7 +534,9 @@ def read_video_list(name, root=None, split="train", list_file=None, official_spl
         # one: validating on the training list would print a number that means nothing.
         flag = _list_flag(split)
         if list_file is None:
-            list_file = os.path.join(root or ".", f"{'val' if split == 'validation' else split}.csv")
+            if root is None:
+                raise ValueError(f"--data_root is required for --dataset {name} unless {flag} is given")
+            list_file = os.path.join(root, f"{'val' if split == 'validation' else split}.csv")
             if not os.path.isfile(list_file):
                 raise FileNotFoundError(f"{flag}: no list given and {list_file} does not exist; pass {flag} FILE")
         read = read_kinetics_list if name == "kinetics" else read_csv_list
@@ -668,6 +670,11 @@ def make_synthetic_dataset(root, seed=0, num_classes=6, videos_per_class=16, val
     with open(manifest, "w") as f:
         json.dump(params, f)
     return root
+
+
+# Where --dataset synthetic lives unless --data_root says otherwise (relative to the working directory):
+# a cache, never a folder where a real data set would be expected.
+SYNTHETIC_ROOT = os.path.join("cache", "synthetic")
 
 
 def ensure_synthetic_dataset(root):

@@ -69,7 +69,8 @@ def add_eval_args(p, paper_defaults, training=True):
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="kinetics", choices=data.DATASETS,
                    help="downstream data set (kinetics = K400 lists; synthetic for smoke runs)")
-    g.add_argument("--data_root", default="data/k400", help="folder of the videos (and list/split files)")
+    g.add_argument("--data_root", default=None,
+                   help=f"folder of the videos (and list/split files); for --dataset synthetic {data.SYNTHETIC_ROOT}")
     g.add_argument("--train_list", default=None, help="training list for kinetics/csv (default: the root's)")
     g.add_argument("--val_list", default=None, help="validation list for kinetics/csv (default: the root's)")
     data.add_bad_video_args(g)
@@ -154,7 +155,8 @@ def prepare_eval(args, paper_defaults, synthetic_defaults, flag_rules=None):
     flag_rules), split the global batch over the processes, seed, and generate the synthetic set when
     it is asked for. Returns the device."""
     rank, world, device = utils.init_distributed(args.device)
-    defaults = dict(synthetic_defaults if args.dataset == "synthetic" else paper_defaults)
+    synthetic = args.dataset == "synthetic"
+    defaults = dict(synthetic_defaults, data_root=data.SYNTHETIC_ROOT) if synthetic else dict(paper_defaults)
     global_batch = defaults.pop("batch_size")
     if args.batch_size_per_gpu is None and global_batch % world:
         raise ValueError(f"the default global batch {global_batch} does not divide over {world} processes; "

@@ -53,7 +53,7 @@ def get_args_parser():
     p = argparse.ArgumentParser("iboot fine-tuning (UCF101, HMDB51, SSv2)", add_help=True,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     engine.add_eval_args(p, PAPER_DEFAULTS["ucf"])
-    p.set_defaults(dataset="ucf101", data_root="data/ucf101")
+    p.set_defaults(dataset="ucf101")
     p.add_argument("--split", default="1", choices=["1", "2", "3", "all"],
                    help="official train/test split of UCF101/HMDB51; 'all' averages the three (Table 10)")
     return engine.add_finetune_args(p)

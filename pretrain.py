@@ -46,7 +46,8 @@ PAPER_DEFAULTS = dict(arch="slow_r50", teacher="clip_vit_b16", epochs=100, batch
                       warmup_epochs=8, crop_size=224, num_frames=8, stride=8, num_workers=8)
 # The embedded default: small enough for a 2-core CPU in under ten minutes, k-NN after training.
 EMBEDDED_DEFAULTS = dict(arch="slow_tiny", teacher="efficientnet_lite0", epochs=12, batch_size_per_gpu=8,
-                         warmup_epochs=1, crop_size=64, num_frames=4, stride=8, num_workers=1)
+                         warmup_epochs=1, crop_size=64, num_frames=4, stride=8, num_workers=1,
+                         data_root=data.SYNTHETIC_ROOT)
 
 
 def get_args_parser():
@@ -85,7 +86,8 @@ def get_args_parser():
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="synthetic", choices=data.DATASETS,
                    help="synthetic (embedded default), kinetics (K400/K600 lists), ucf101, hmdb51, ssv2, folder, csv")
-    g.add_argument("--data_root", default="cache/synthetic", help="folder of the videos (and split files)")
+    g.add_argument("--data_root", default=None,
+                   help=f"folder of the videos (and split files); for --dataset synthetic {data.SYNTHETIC_ROOT}")
     g.add_argument("--train_list", default=None,
                    help="list file for kinetics/csv (PySlowFast 'path label' lines, or a CSV path,label)")
     g.add_argument("--split", default=1, type=int, help="official split for ucf101/hmdb51")

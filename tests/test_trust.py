@@ -62,6 +62,24 @@ def test_2_no_validation_list_is_an_error_not_the_training_list(root, tmp_path):
     assert not (tmp_path / "knn").exists()
 
 
+def test_2_the_synthetic_set_is_never_written_where_real_data_is_expected(root, tmp_path, monkeypatch):
+    """--dataset synthetic without --data_root used to generate the synthetic set in the evaluations'
+    default data folders (data/k400 for eval_knn, data/ucf101 for finetune), where a real set belongs."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, "SYNTHETIC_ROOT", str(root / "data"))
+    for module, extra in ((eval_knn, []), (finetune, ["--epochs", "1", "--max_iters_per_epoch", "1"])):
+        out = tmp_path / module.__name__
+        run_script(module, ["--pretrained", str(root / "A.pth"), "--output_dir", str(out),
+                            "--results_dir", str(tmp_path / "res")] + EVAL + extra)
+        with open(out / "config.json") as f:
+            assert json.load(f)["data_root"] == str(root / "data")
+    assert not (tmp_path / "data").exists()
+    with pytest.raises(ValueError, match=r"^--data_root is required for --dataset ucf101$"):
+        run_script(finetune, ["--pretrained", str(root / "A.pth"), "--dataset", "ucf101", "--output_dir",
+                              str(tmp_path / "ucf")])
+    assert not (tmp_path / "ucf").exists()
+
+
 def test_3_undecodable_runs_stop_and_bugs_are_not_bad_videos(root, tmp_path, monkeypatch):
     broken = tmp_path / "broken"
     broken.mkdir()
