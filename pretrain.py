@@ -117,7 +117,8 @@ def add_training_args(p):
 
     g = p.add_argument_group("system")
     g.add_argument("--output_dir", default="output/pretrain", help="checkpoints, logs and config go here")
-    g.add_argument("--saveckp_freq", type=int, default=20, help="also keep checkpoint_XXXX.pth every N epochs (0: keep only the latest, checkpoint.pth)")
+    g.add_argument("--saveckp_freq", type=int, default=20,
+                   help="also keep checkpoint_XXXX.pth every N epochs (0: keep only the latest, checkpoint.pth)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     g.add_argument("--precision", default="auto", choices=utils.PRECISIONS,
                    help="autocast precision (auto: bf16 on a GPU that has it, else fp32)")
