@@ -62,9 +62,7 @@ def add_eval_args(p, paper_defaults, training=True):
                    help="weights format of --pretrained; auto detects it")
     g.add_argument("--arch", default=None, choices=list(models.ENCODERS),
                    help="encoder: read from a pretrain.py checkpoint; needed for other files (slow_r50 for scratch)")
-    g.add_argument("--inflation", default="mean", choices=models.INFLATIONS,
-                   help="how a 2D --pretrained file is inflated: mean = the 2D kernel repeated over the k temporal "
-                        "taps / k (PySlowFast utils/checkpoint.py inflate_weight, I3D); center = on the centre tap")
+    models.add_inflation_arg(g, "--pretrained")
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="kinetics", choices=data.DATASETS,

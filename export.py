@@ -25,9 +25,7 @@ def get_args_parser():
                    help="a pretrain.py checkpoint (or a PySlowFast / torchvision / raw file, with --arch)")
     p.add_argument("--arch", default=None, choices=list(models.ENCODERS),
                    help="encoder of a file that does not record it")
-    p.add_argument("--inflation", default="mean", choices=models.INFLATIONS,
-                   help="how a torchvision 2D file is inflated: mean (PySlowFast utils/checkpoint.py "
-                        "inflate_weight) or center (the centre temporal tap)")
+    models.add_inflation_arg(p, "--pretrained")
     p.add_argument("--output_dir", required=True, help="encoder.pth and encoder_pyslowfast.pyth go here")
     return p
 

@@ -33,7 +33,7 @@ initialisation from 2D ImageNet weights, and import of PySlowFast checkpoints.
 - State dict keys follow torchvision's 2D ResNet (conv1, bn1, layer1.0.conv1 ... layer4.2.bn3,
   layer1.0.downsample.0/1), so 2D weights inflate by name.
 - `inflate_2d_state_dict(sd2d, model, mode="mean"|"center")`: 2D ResNet -> 3D (paper Table 9); mean
-  (default) is PySlowFast's utils/checkpoint.py inflate_weight.
+  (default) is PySlowFast's utils/checkpoint.py inflate_weight. The --inflation flag: `add_inflation_arg`.
 - `load_pyslowfast_state_dict(sd)`: PySlowFast names (s1.pathway0_stem.conv, s2.pathway0_res0.
   branch2.a ...) -> ours; accepts full checkpoints ("model_state"), SSL ("backbone.") and DDP
   ("module.") prefixes.
@@ -215,6 +215,14 @@ def _check_and_complete(sd, model, source):
 
 
 INFLATIONS = ("mean", "center")
+
+
+def add_inflation_arg(parser, weights_flag):
+    """The --inflation flag of every script that can start from a 2D file given by `weights_flag`."""
+    parser.add_argument("--inflation", default="mean", choices=INFLATIONS,
+                        help=f"how a 2D {weights_flag} file is inflated: mean = the 2D kernel repeated over the k "
+                             "temporal taps / k (PySlowFast utils/checkpoint.py inflate_weight, I3D); center = on "
+                             "the centre tap only")
 
 
 def inflate_2d_state_dict(sd2d, model, mode="mean", ignore_prefixes=("fc.",)):

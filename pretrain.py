@@ -79,9 +79,7 @@ def get_args_parser():
     g.add_argument("--init", default="scratch",
                    help="'scratch', or a file to start from: a torchvision-layout 2D ResNet state dict "
                         "(inflated, Table 9), a PySlowFast checkpoint or an iboot checkpoint")
-    g.add_argument("--inflation", default="mean", choices=models.INFLATIONS,
-                   help="how a 2D --init is inflated: mean = the 2D kernel repeated over the k temporal taps / k "
-                        "(PySlowFast utils/checkpoint.py inflate_weight, I3D); center = on the centre tap only")
+    models.add_inflation_arg(g, "--init")
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="synthetic", choices=data.DATASETS,
