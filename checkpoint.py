@@ -18,7 +18,9 @@ import tempfile
 
 import torch
 
-import utils
+import cli
+import distributed
+import rng
 
 CHECKPOINT_NAME = "checkpoint.pth"
 _TMP_PREFIX = ".tmp_"
@@ -68,7 +70,7 @@ def save(obj, path, copy_of=None):
         if os.path.exists(tmp):
             os.remove(tmp)
         if _no_space(e):
-            raise utils.SetupError(f"no space left on the device of {folder} while writing "
+            raise cli.SetupError(f"no space left on the device of {folder} while writing "
                                    f"{os.path.basename(path)}; the previous checkpoint is intact. Free "
                                    f"space there or pass another --output_dir") from None
         raise
@@ -150,27 +152,27 @@ def resume_run(output_dir, fingerprint, generators=None):
     """The run state saved in output_dir (None when there is none): checked against `fingerprint`,
     this rank's random state restored (with the named torch Generators'). Also removes temporary
     files left by a killed write."""
-    if utils.is_main_process():
+    if distributed.is_main():
         remove_stale_temporaries(output_dir)
     path = os.path.join(output_dir, CHECKPOINT_NAME)
     if not os.path.isfile(path):
         return None
     ckpt = check_resumable(path, fingerprint)
-    states, rank = ckpt["random_state"], utils.get_rank()
-    utils.set_random_state(states[rank] if rank < len(states) else states[0], generators)
+    states, rank = ckpt["random_state"], distributed.rank()
+    rng.set_state(states[rank] if rank < len(states) else states[0], generators)
     return ckpt
 
 
 def save_run(output_dir, state, keep_as=None, generators=None):
     """Called by every rank (their random states, with the named torch Generators', are gathered);
     rank 0 writes output_dir/checkpoint.pth and, with keep_as, a copy under that name."""
-    state = dict(state, random_state=utils.gather_objects(utils.get_random_state(generators)))
-    if utils.is_main_process():
+    state = dict(state, random_state=distributed.gather_objects(rng.get_state(generators)))
+    if distributed.is_main():
         path = os.path.join(output_dir, CHECKPOINT_NAME)
         save(state, path)
         if keep_as:
             save(None, os.path.join(output_dir, keep_as), copy_of=path)
-    utils.barrier()
+    distributed.barrier()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
     VideoDataset                            one item = all clips of one video, uint8 (V, 3, T, S, S)
     collate_skip_bad                        sets undecodable videos aside with their reasons ("skipped")
     train_loader / start_epoch              shuffled batches from (seed, epoch), resumable mid-epoch
+    build_split / eval_loader               an evaluation's training or test set; a test set's shard per rank
     SkippedVideos                           the undecodable videos: listed, counted, too many stop the run
     check_files / write_missing_videos      start-up check that the listed videos exist
     make_synthetic_dataset                  small H.264 mp4 set, deterministic from a seed, cached
@@ -29,7 +30,6 @@ the training loop reports the count each epoch.
 """
 import colorsys
 import csv
-import itertools
 import json
 import math
 import os
@@ -39,7 +39,9 @@ import numpy as np
 import torch
 
 import augment
-import utils
+import distributed
+import records
+import rng
 from video import DECODE_ERRORS, read_frames, write_video
 
 DATASETS = ("synthetic", "kinetics", "ucf101", "hmdb51", "ssv2", "folder", "csv")
@@ -159,7 +161,7 @@ class VideoDataset(torch.utils.data.Dataset):
     def _rng(self, index):
         # Independent of the worker that loads the item and of what it loaded before: the same item
         # of the same epoch gets the same clips, so an epoch can be resumed half-way exactly.
-        return np.random.default_rng([self.seed, self.epoch, index])
+        return np.random.default_rng(rng.derive_seed(self.seed, "clips", self.epoch, index))
 
     def __getitem__(self, index):
         path, label = self.videos[index]
@@ -258,30 +260,38 @@ def collate_skip_bad(batch):
 
 def ignore_stop_signals(worker_id=None):
     """DataLoader worker_init_fn: Ctrl-C and SIGTERM reach every process of the job; the workers leave
-    them to the main process, which finishes its step and writes a checkpoint (utils.GracefulStop)."""
+    them to the main process, which finishes its step and writes a checkpoint (cli.GracefulStop)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-class ResumableSampler(torch.utils.data.DistributedSampler):
-    """DistributedSampler (this rank's share, shuffled from seed + epoch; also without torchrun) that
-    can start an epoch part-way: start_epoch(epoch, skip) drops the first `skip` indices, which a run
-    resumed mid-epoch has already trained on."""
+class ResumableSampler(torch.utils.data.Sampler):
+    """This rank's share of a shuffled epoch, as torch's DistributedSampler (the order padded by
+    repetition to a multiple of the processes, every rank taking every world-th index; also without
+    torchrun) but shuffled from rng.derive_seed(seed, "order", epoch), and able to start an epoch
+    part-way: start_epoch(epoch, skip) drops the first `skip` indices, which a run resumed mid-epoch
+    has already trained on."""
 
     def __init__(self, dataset, seed):
-        super().__init__(dataset, num_replicas=utils.get_world_size(), rank=utils.get_rank(), shuffle=True,
-                         seed=seed)
-        self.skip = 0
+        self.n, self.seed, self.epoch, self.skip = len(dataset), seed, 0, 0
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.num_samples = math.ceil(self.n / self.world)
 
     def start_epoch(self, epoch, skip=0):
-        self.set_epoch(epoch)
-        self.skip = skip
+        self.epoch, self.skip = epoch, skip
+
+    def order(self):
+        g = torch.Generator().manual_seed(rng.derive_seed(self.seed, "order", self.epoch))
+        order = torch.randperm(self.n, generator=g).tolist()
+        total = self.num_samples * self.world
+        order += (order * math.ceil(total / max(1, self.n)))[:total - self.n]
+        return order[self.rank:total:self.world]
 
     def __iter__(self):
-        return itertools.islice(super().__iter__(), self.skip, None)
+        return iter(self.order()[self.skip:])
 
     def __len__(self):
-        return super().__len__() - self.skip
+        return self.num_samples - self.skip
 
 
 def train_loader(dataset, batch_size, num_workers, seed, device):
@@ -291,7 +301,7 @@ def train_loader(dataset, batch_size, num_workers, seed, device):
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
         collate_fn=collate_skip_bad, pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals,
-        generator=torch.Generator().manual_seed(seed))
+        generator=torch.Generator().manual_seed(rng.derive_seed(seed, "loader")))
     return loader, sampler
 
 
@@ -316,15 +326,15 @@ class SkippedVideos:
     def end_epoch(self, seen, device, what):
         """Write this epoch's new paths (rank 0, every rank's gathered) and stop when too many failed.
         `seen`: videos this rank loaded, decodable or not. Returns the epoch's count over all ranks."""
-        everyone = [item for part in utils.gather_objects(self.pending) for item in part]
+        everyone = [item for part in distributed.gather_objects(self.pending) for item in part]
         self.pending = []
         new = [(p, r) for p, r in dict(everyone).items() if p not in self.written]
-        if new and utils.is_main_process():
+        if new and distributed.is_main():
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             with open(self.path, "a") as f:
                 f.writelines(f"{p}\t{r}\n" for p, r in new)
         self.written.update(p for p, _ in new)
-        total = utils.all_reduce_sum(seen, device)
+        total = distributed.all_reduce_sum(seen, device)
         if everyone and len(everyone) > self.max_share * total:
             first = "; ".join(f"{p} ({r})" for p, r in everyone[:3])
             raise ValueError(f"{len(everyone)} of {int(total)} videos ({100 * len(everyone) / total:.1f}%) of {what} "
@@ -352,7 +362,7 @@ def add_bad_video_args(group):
 def write_missing_videos(output_dir, *datasets):
     """output_dir/missing_videos.txt: every listed video that --skip_missing left out, one per line (rank 0)."""
     missing = [p for d in datasets for p in getattr(_base(d), "missing", [])]
-    if missing and utils.is_main_process():
+    if missing and distributed.is_main():
         os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, "missing_videos.txt"), "w") as f:
             f.writelines(p + "\n" for p in missing)
@@ -568,9 +578,57 @@ def build_dataset(name, root=None, split="train", list_file=None, official_split
     dataset = VideoDataset(videos, classes=classes, **sampling)
     dataset.missing = missing
     if missing:
-        utils.print_main(f"warning: {len(missing)} of {len(videos) + len(missing)} videos of the {name} {split} "
+        records.print_main(f"warning: {len(missing)} of {len(videos) + len(missing)} videos of the {name} {split} "
                          f"list do not exist and are left out (--skip_missing); first: {missing[0]}")
     return dataset
+
+
+def build_split(flags, split, mode, official_split=1, **kwargs):
+    """The training (mode="train", one random clip) or test (mode="test", V views) set of an evaluation:
+    --dataset, its lists and the sampling flags of protocols.add_eval_args."""
+    list_file = flags.train_list if split == "train" else flags.val_list
+    return build_dataset(flags.dataset, root=flags.data_root, split=split, list_file=list_file,
+                         official_split=official_split, skip_missing=flags.skip_missing, num_clips=1,
+                         num_frames=flags.num_frames, stride=flags.stride, crop_size=flags.crop_size, mode=mode,
+                         test_clips=flags.test_clips, test_crops=flags.test_crops, seed=flags.seed,
+                         test_crop_size=flags.test_crop_size, test_spacing=flags.test_spacing,
+                         sampling=flags.sampling, **kwargs)
+
+
+def labels_of(dataset):
+    """Labels of every video of a VideoDataset, read from its list (nothing decoded)."""
+    return [label for _, label in dataset.videos]
+
+
+def num_classes_of(dataset):
+    """Classes of a labelled training set: its class-name list, else the largest label + 1."""
+    labels = labels_of(dataset)
+    if any(label < 0 for label in labels):
+        raise ValueError(f"the training list has {sum(label < 0 for label in labels)} videos without a label; "
+                         "evaluation needs labels (`path label` lines)")
+    return len(dataset.classes) if dataset.classes else max(labels) + 1
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Indices rank, rank + world, ...: every item on exactly one process, none padded or repeated
+    (DistributedSampler pads the last shard, which would count some test videos twice)."""
+
+    def __init__(self, num_items, rank, world_size):
+        self.indices = list(range(rank, num_items, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def eval_loader(dataset, batch_size, num_workers, device):
+    """This process's shard of a test set, in order, every video once over all processes."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), distributed.rank(),
+                                                             distributed.world_size()),
+        num_workers=num_workers, collate_fn=collate_skip_bad, pin_memory=device.type == "cuda")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -680,7 +738,7 @@ SYNTHETIC_ROOT = os.path.join("cache", "synthetic")
 def ensure_synthetic_dataset(root):
     """The synthetic set in root: the one already there (any parameters; its manifest is written last,
     so it is complete), else the default set, generated by rank 0 while the other ranks wait."""
-    if utils.is_main_process() and not os.path.isfile(os.path.join(root, "manifest.json")):
+    if distributed.is_main() and not os.path.isfile(os.path.join(root, "manifest.json")):
         make_synthetic_dataset(root)
-    utils.barrier()
+    distributed.barrier()
     return root

@@ -22,24 +22,25 @@ import os
 
 import torch
 
+import cli
 import data
-import engine
-import utils
+import distributed
+import knn
+import protocols
+import records
 
-PAPER_DEFAULTS = dict(batch_size=64, test_clips=1, test_crops=1, num_frames=8, stride=8, crop_size=224,
-                      num_workers=8)
-SYNTHETIC_DEFAULTS = dict(batch_size=8, test_clips=1, test_crops=1, num_frames=4, stride=8, crop_size=64,
-                          num_workers=1)
+PAPER_DEFAULTS = protocols.KNN
+SYNTHETIC_DEFAULTS = protocols.KNN_SYNTHETIC
 FLAG_RULES = dict(nb_knn=">=1", temperature=">0")
 
 
 def get_args_parser():
     p = argparse.ArgumentParser("iboot k-NN evaluation (frozen features)", add_help=True,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    engine.add_eval_args(p, PAPER_DEFAULTS, training=False)
+    protocols.add_eval_args(p, PAPER_DEFAULTS, training=False)
     p.add_argument("--nb_knn", type=int, nargs="+", default=[20],
                    help="k values; the paper reports k = 20 (DINO's default); 10, 100, 200 are DINO's others")
-    p.add_argument("--temperature", type=float, default=engine.TEMPERATURE,
+    p.add_argument("--temperature", type=float, default=knn.TEMPERATURE,
                    help="vote weight exp(cos / T) (DINO 0.07)")
     p.add_argument("--dump_features", default=None,
                    help="folder to write trainfeat.pth, testfeat.pth, trainlabels.pth, testlabels.pth and "
@@ -55,41 +56,39 @@ def dump_features(folder, sets, features):
         torch.save(labels.cpu(), os.path.join(folder, f"{name}labels.pth"))
         with open(os.path.join(folder, f"{name}paths.txt"), "w") as f:
             f.writelines(dataset.videos[i][0] + "\n" for i in indices.tolist())
-    utils.print_main(f"features, labels and paths written to {folder}")
+    records.print_main(f"features, labels and paths written to {folder}")
 
 
 def main(args):
-    device = engine.prepare_eval(args, PAPER_DEFAULTS, SYNTHETIC_DEFAULTS, FLAG_RULES)
-    encoder = engine.load_backbone(args).to(device)
-    sets = (engine.build_split(args, "train", "test"), engine.build_split(args, "val", "test"))
-    utils.save_config(args, args.output_dir)
-    data.write_missing_videos(args.output_dir, *sets)
-    utils.print_main(f"k-NN | {args.arch} from {args.pretrained} | {len(sets[0])} train / {len(sets[1])} val "
-                     f"videos | {args.world_size} process(es) on {device} | {args.precision} | "
-                     f"{args.test_clips}x{args.test_crops} views")
-    skipped = data.SkippedVideos(args.output_dir, args.max_skip_share)
-    features = [engine.extract_features(encoder, s, device, args.batch_size_per_gpu, args.num_workers, args.precision,
-                                        args.log_every, skipped, f"the {name} set")
+    flags, device = protocols.prepare(args, PAPER_DEFAULTS, SYNTHETIC_DEFAULTS, FLAG_RULES)
+    flags, encoder = protocols.with_backbone(flags, device)
+    sets = (data.build_split(flags, "train", "test"), data.build_split(flags, "val", "test"))
+    records.save_config(flags, flags.output_dir)
+    data.write_missing_videos(flags.output_dir, *sets)
+    records.print_main(f"k-NN | {flags.arch} from {flags.pretrained} | {len(sets[0])} train / {len(sets[1])} val "
+                       f"videos | {flags.world_size} process(es) on {device} | {flags.precision} | "
+                       f"{flags.test_clips}x{flags.test_crops} views")
+    skipped = data.SkippedVideos(flags.output_dir, flags.max_skip_share)
+    features = [knn.extract_features(encoder, s, device, flags.batch_size_per_gpu, flags.num_workers, flags.precision,
+                                     flags.log_every, skipped, f"the {name} set")
                 for s, name in zip(sets, ("train", "val"))]
     (train_f, train_y, _), (val_f, val_y, _) = features
-    utils.print_main(f"features: train {tuple(train_f.shape)}, val {tuple(val_f.shape)}; skipped "
-                     f"{len(sets[0]) - len(train_f)} train / {len(sets[1]) - len(val_f)} val videos")
-    if args.dump_features and utils.is_main_process():
-        dump_features(args.dump_features, sets, features)
-    num_classes = engine.num_classes_of(sets[0])
-    record, run_name = None, args.run_name
-    for k in args.nb_knn:
-        top1, top5 = engine.knn_accuracy(train_f, train_y, val_f, val_y, k, num_classes,
-                                         temperature=args.temperature)
-        utils.print_main(f"{k}-NN on {args.dataset} val: top-1 {top1:.2f}% | top-5 {top5:.2f}%")
+    records.print_main(f"features: train {tuple(train_f.shape)}, val {tuple(val_f.shape)}; skipped "
+                       f"{len(sets[0]) - len(train_f)} train / {len(sets[1]) - len(val_f)} val videos")
+    if flags.dump_features and distributed.is_main():
+        dump_features(flags.dump_features, sets, features)
+    num_classes = data.num_classes_of(sets[0])
+    record = None
+    for k in flags.nb_knn:
+        top1, top5 = knn.knn_accuracy(train_f, train_y, val_f, val_y, k, num_classes, temperature=flags.temperature)
+        records.print_main(f"{k}-NN on {flags.dataset} val: top-1 {top1:.2f}% | top-5 {top5:.2f}%")
         # One record per k; the run name carries k when several are asked for.
-        args.run_name = f"{run_name}_k{k}" if len(args.nb_knn) > 1 else run_name
-        record = engine.write_eval_record(args, "knn", "val", top1, top5=top5, k=k, num_train=len(train_f),
-                                          num_videos=len(val_f))
-    args.run_name = run_name
-    utils.cleanup_distributed()
+        run_name = f"{flags.run_name}_k{k}" if len(flags.nb_knn) > 1 else flags.run_name
+        record = protocols.write_eval_record(cli.freeze(flags, run_name=run_name), "knn", "val", top1, top5=top5, k=k,
+                                             num_train=len(train_f), num_videos=len(val_f))
+    distributed.cleanup()
     return record
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, get_args_parser())
+    cli.run_cli(main, get_args_parser())

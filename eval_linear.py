@@ -15,40 +15,45 @@ import argparse
 
 import torch
 
-import engine
-import utils
+import classifier
+import cli
+import data
+import distributed
+import protocols
+import records
+import rng
 
-PAPER_DEFAULTS = engine.LINEAR_PROTOCOL  # Section 4.2 (semisup.py starts from it too)
-SYNTHETIC_DEFAULTS = engine.LINEAR_PROTOCOL_SYNTHETIC
+PAPER_DEFAULTS = protocols.LINEAR
+SYNTHETIC_DEFAULTS = protocols.LINEAR_SYNTHETIC
 
 
 def get_args_parser():
     p = argparse.ArgumentParser("iboot linear evaluation (frozen backbone)", add_help=True,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    return engine.add_eval_args(p, PAPER_DEFAULTS)
+    return protocols.add_eval_args(p, PAPER_DEFAULTS)
 
 
 def main(args):
-    device = engine.prepare_eval(args, PAPER_DEFAULTS, SYNTHETIC_DEFAULTS)
-    encoder = engine.load_backbone(args)
-    train_set = engine.build_split(args, "train", "train")
-    test_set = engine.build_split(args, "val", "test")
-    torch.manual_seed(args.seed)  # the same classifier initialisation on every process
-    model = engine.VideoClassifier(encoder, engine.num_classes_of(train_set), freeze_backbone=True,
-                                   test_window=engine.head_window(args))
-    utils.print_main(f"linear probe | {args.arch} from {args.pretrained} | {len(train_set)} train / "
-                     f"{len(test_set)} test videos | {args.world_size} process(es) on {device} | batch "
-                     f"{args.batch_size_per_gpu} per GPU, {args.global_batch} global | lr {args.lr} | "
-                     f"{args.epochs} epochs | {args.precision} | test {args.test_clips}x{args.test_crops} views")
-    metrics = engine.train_classifier(model, train_set, test_set, args, device)
-    utils.print_main(f"linear evaluation on {args.dataset} val ({args.test_clips}x{args.test_crops} views, "
-                     f"{metrics['num_videos']} videos): top-1 {metrics['top1']:.2f}% | top-5 {metrics['top5']:.2f}%")
-    record = engine.write_eval_record(args, "linear", "val", metrics["top1"], top5=metrics["top5"],
-                                      best_top1=metrics["best_top1"], best_epoch=metrics["best_epoch"],
-                                      num_videos=metrics["num_videos"], skipped_videos=metrics["skipped"])
-    utils.cleanup_distributed()
+    flags, device = protocols.prepare(args, PAPER_DEFAULTS, SYNTHETIC_DEFAULTS)
+    flags, encoder = protocols.with_backbone(flags)
+    train_set = data.build_split(flags, "train", "train")
+    test_set = data.build_split(flags, "val", "test")
+    torch.manual_seed(rng.derive_seed(flags.seed, "head"))  # the same classifier initialisation on every process
+    model = classifier.VideoClassifier(encoder, data.num_classes_of(train_set), freeze_backbone=True,
+                                       test_window=classifier.head_window(flags))
+    records.print_main(f"linear probe | {flags.arch} from {flags.pretrained} | {len(train_set)} train / "
+                       f"{len(test_set)} test videos | {flags.world_size} process(es) on {device} | batch "
+                       f"{flags.batch_size_per_gpu} per GPU, {flags.global_batch} global | lr {flags.lr} | "
+                       f"{flags.epochs} epochs | {flags.precision} | test {flags.test_clips}x{flags.test_crops} views")
+    metrics = classifier.train_classifier(model, train_set, test_set, flags, device)
+    records.print_main(f"linear evaluation on {flags.dataset} val ({flags.test_clips}x{flags.test_crops} views, "
+                       f"{metrics['num_videos']} videos): top-1 {metrics['top1']:.2f}% | top-5 {metrics['top5']:.2f}%")
+    record = protocols.write_eval_record(flags, "linear", "val", metrics["top1"], top5=metrics["top5"],
+                                         best_top1=metrics["best_top1"], best_epoch=metrics["best_epoch"],
+                                         num_videos=metrics["num_videos"], skipped_videos=metrics["skipped"])
+    distributed.cleanup()
     return record
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, get_args_parser())
+    cli.run_cli(main, get_args_parser())

@@ -14,8 +14,8 @@ import argparse
 import os
 
 import checkpoint
+import cli
 import models
-import utils
 
 
 def get_args_parser():
@@ -47,4 +47,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, get_args_parser())
+    cli.run_cli(main, get_args_parser())

@@ -24,39 +24,24 @@ is silent PySlowFast's configs/contrastive_ssl/ (README, "Protocols"):
 import argparse
 import os
 
-import engine
-import utils
+import classifier
+import cli
+import distributed
+import protocols
+import records
 
-# Section 4.2 settings per data set (UCF101 and HMDB51 share theirs); batch_size is the global batch.
-# dropout and train_jitter are PySlowFast's (finetune_ucf_Slow_R50_syn8.yaml, finetune_SSv2_Slow_R50_syn8.yaml).
-PAPER_DEFAULTS = {
-    "ucf": dict(epochs=196, batch_size=128, lr=0.0025, warmup_epochs=0.0, warmup_start_lr=0.0,
-                weight_decay=0.0, test_clips=10, test_crops=3, num_frames=8, stride=8, crop_size=224,
-                num_workers=8, dropout=0.8, train_jitter="pyslowfast"),
-    "ssv2": dict(epochs=40, batch_size=64, lr=0.15, warmup_epochs=3.0, warmup_start_lr=0.08,
-                 weight_decay=1e-4, test_clips=1, test_crops=1, num_frames=8, stride=8, crop_size=224,
-                 num_workers=8, dropout=0.5, train_jitter="none"),
-}
-# The UCF101 recipe at CPU scale.
-SYNTHETIC_DEFAULTS = dict(epochs=2, batch_size=8, lr=0.0025, warmup_epochs=0.0, warmup_start_lr=0.0,
-                          weight_decay=0.0, test_clips=1, test_crops=1, num_frames=4, stride=8, crop_size=64,
-                          num_workers=1, dropout=0.8, train_jitter="pyslowfast")
 OFFICIAL_SPLITS = ("ucf101", "hmdb51")
 FLAG_RULES = dict(dropout="[0,1)")
-
-
-def paper_defaults(dataset):
-    return PAPER_DEFAULTS["ssv2" if dataset == "ssv2" else "ucf"]
 
 
 def get_args_parser():
     p = argparse.ArgumentParser("iboot fine-tuning (UCF101, HMDB51, SSv2)", add_help=True,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    engine.add_eval_args(p, PAPER_DEFAULTS["ucf"])
+    protocols.add_eval_args(p, protocols.FINETUNE_UCF)
     p.set_defaults(dataset="ucf101")
     p.add_argument("--split", default="1", choices=["1", "2", "3", "all"],
                    help="official train/test split of UCF101/HMDB51; 'all' averages the three (Table 10)")
-    return engine.add_finetune_args(p)
+    return protocols.add_finetune_args(p)
 
 
 def splits_of(args):
@@ -72,27 +57,29 @@ def splits_of(args):
 
 def main(args):
     splits = splits_of(args)
-    device = engine.prepare_eval(args, paper_defaults(args.dataset), SYNTHETIC_DEFAULTS, FLAG_RULES)
+    flags, device = protocols.prepare(args, protocols.finetune_protocol(args.dataset), protocols.FINETUNE_SYNTHETIC,
+                                      FLAG_RULES)
+    flags, backbone = protocols.with_backbone(flags)
     per_split = {}
     for split in splits:
-        out = args.output_dir if len(splits) == 1 else os.path.join(args.output_dir, f"split{split}")
-        metrics = per_split[split] = engine.finetune(args, device, split, out)
-        utils.print_main(f"fine-tuning on {args.dataset} split {split} ({args.test_clips}x{args.test_crops} "
-                         f"views, {metrics['num_videos']} videos): top-1 {metrics['top1']:.2f}% | "
-                         f"top-5 {metrics['top5']:.2f}%")
+        out = flags.output_dir if len(splits) == 1 else os.path.join(flags.output_dir, f"split{split}")
+        metrics = per_split[split] = classifier.finetune(flags, device, backbone, split, out)
+        records.print_main(f"fine-tuning on {flags.dataset} split {split} ({flags.test_clips}x{flags.test_crops} "
+                           f"views, {metrics['num_videos']} videos): top-1 {metrics['top1']:.2f}% | "
+                           f"top-5 {metrics['top5']:.2f}%")
     top1 = sum(m["top1"] for m in per_split.values()) / len(per_split)
     top5 = sum(m["top5"] for m in per_split.values()) / len(per_split)
     if len(splits) > 1:
-        utils.print_main(f"fine-tuning on {args.dataset}, mean of splits {splits}: top-1 {top1:.2f}% | "
-                         f"top-5 {top5:.2f}%")
-    record = engine.write_eval_record(
-        args, "finetune", args.split, top1, top5=top5, num_frames=args.num_frames,
-        views=f"{args.test_clips}x{args.test_crops}",
+        records.print_main(f"fine-tuning on {flags.dataset}, mean of splits {splits}: top-1 {top1:.2f}% | "
+                           f"top-5 {top5:.2f}%")
+    record = protocols.write_eval_record(
+        flags, "finetune", flags.split, top1, top5=top5, num_frames=flags.num_frames,
+        views=f"{flags.test_clips}x{flags.test_crops}",
         per_split={str(s): {k: m[k] for k in ("top1", "top5", "best_top1", "best_epoch", "num_videos")}
                    for s, m in per_split.items()})
-    utils.cleanup_distributed()
+    distributed.cleanup()
     return record
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, get_args_parser())
+    cli.run_cli(main, get_args_parser())

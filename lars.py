@@ -18,8 +18,7 @@ EMA branch) are left out because they have requires_grad=False.
 """
 from torch import nn
 
-import utils  # noqa: F401  (first: it registers the torchvision fallback that `import timm` needs)
-from timm.optim import Lars  # noqa: E402
+import compat
 
 
 def _is_norm(module):
@@ -51,5 +50,6 @@ def build_lars(model, lr, weight_decay, momentum=0.9, trust_coefficient=0.001, e
         raise ValueError(f"LARS: momentum must be in [0, 1), got {momentum}")
     if weight_decay < 0:
         raise ValueError(f"LARS: weight_decay must be >= 0, got {weight_decay}")
+    Lars = compat.import_module("timm.optim").Lars
     return Lars(lars_param_groups(model, weight_decay), lr=lr, momentum=momentum, trust_coeff=trust_coefficient,
                 eps=eps, trust_clip=False)

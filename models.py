@@ -42,6 +42,8 @@ initialisation from 2D ImageNet weights, and import of PySlowFast checkpoints.
   raw encoder weights into a built encoder.
 - `load_pretrained(path_or_checkpoint, arch=None)`: the encoder of a pretrain.py checkpoint, built with
   the architecture recorded in it (or of a PySlowFast / torchvision / raw file, given `arch`).
+- `load_backbone(pretrained, arch, fmt, inflation)`: an evaluation's encoder ("scratch" or a weights file)
+  and the record fields the file implies (arch, method, teacher, pretraining data and epochs).
 - `count_flops(model, input_shape)`: multiply-adds (torch's FlopCounterMode, run on meta tensors so even
   slow_r50 at 8x256x256 costs no compute).
 """
@@ -54,6 +56,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import checkpoint
+import records
 
 # PySlowFast BN settings (eps 1e-5, momentum 0.1 in PyTorch's convention): also PyTorch's defaults.
 BN_EPS = 1e-5
@@ -385,6 +388,36 @@ def load_pretrained(path_or_checkpoint, arch=None, fmt="auto", inflate_mode="mea
     encoder = build_encoder(arch)
     load_encoder_weights(encoder, obj, fmt=fmt, inflate_mode=inflate_mode)
     return encoder
+
+
+def pretraining_record(obj):
+    """Record fields implied by a weights file: a pretrain.py checkpoint names its method, teacher and
+    data in its "args" and its epochs in "epoch"; other files say nothing of their pretraining."""
+    if isinstance(obj, dict) and "encoder" in obj:
+        pre = obj.get("args") or {}
+        method = pre.get("method", "iboot")
+        return dict(method=method, teacher=pre.get("teacher") if method == "iboot" else "-",
+                    pretrain_data=pre.get("dataset", "-"), pretrain_epochs=obj.get("epoch", pre.get("epochs", 0)))
+    if isinstance(obj, dict) and "model_state" in obj:
+        return dict(method="pyslowfast", teacher="-", pretrain_data="-", pretrain_epochs=obj.get("epoch", 0))
+    return dict(method="init_from_file", teacher="-", pretrain_data="-", pretrain_epochs=0)
+
+
+def load_backbone(pretrained, arch=None, fmt="auto", inflation="mean"):
+    """(encoder, record fields) of an evaluation's --pretrained: "scratch" (a new `arch`, slow_r50 by
+    default: the supervised rows of Tables 10-11) or a weights file (load_pretrained). The fields:
+    arch, method, teacher, pretrain_data, pretrain_epochs, as far as the file tells them."""
+    if pretrained == "scratch":
+        arch = arch or "slow_r50"
+        return build_encoder(arch), dict(arch=arch, method="supervised", teacher="-", pretrain_data="-",
+                                         pretrain_epochs=0)
+    if not os.path.isfile(pretrained):
+        raise FileNotFoundError(f"--pretrained: no such file: {pretrained}")
+    obj = checkpoint.load(pretrained)
+    encoder = load_pretrained(obj, arch=arch, fmt=fmt, inflate_mode=inflation)
+    arch = (obj.get("encoder_name") if isinstance(obj, dict) else None) or arch
+    records.print_main(f"loaded {pretrained} into {arch}: every tensor matched")
+    return encoder, dict(pretraining_record(obj), arch=arch)
 
 
 # ----------------------------------------------------------------------------------------------

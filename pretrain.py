@@ -12,8 +12,8 @@ BYOL recipe for rhoBYOL). It runs on one CPU, on one GPU, or on many GPUs and no
 from the latest checkpoint; with other flags it stops and names them.
 
 main() reads as its steps: set up (defaults, torchrun, seeds), the data loader, the objective
-(online encoder + teachers or EMA branch), DDP and the optimiser, resume, then the epochs
-(train_one_epoch -> train_step) with a checkpoint after each, and the k-NN report.
+(online encoder + teachers or EMA branch), DDP and the optimiser, then trainer.Trainer's loop (resume,
+epochs, checkpoints) around train_step, and the k-NN report.
 
 Defaults are the paper's settings (Section 4.1): LARS, base lr 2.4 x global batch / 256, 8 warm-up
 epochs then cosine (per iteration), weight decay 1e-6, 100 epochs, 13 clips per GPU, T=8, tau=8,
@@ -24,22 +24,24 @@ the size flags you leave unset take the small values of EMBEDDED_DEFAULTS instea
 import argparse
 import copy
 import math
-import os
-import time
-import types
 
 import torch
 import torch.nn as nn
 
 import augment
 import checkpoint
+import cli
 import data
-import engine
+import distributed
 import iboot
+import knn
 import lars
 import models
+import precision
+import records
+import rng
 import teachers
-import utils
+import trainer
 
 # Paper settings (Section 4.1) for the flags whose scale depends on the data set.
 PAPER_DEFAULTS = dict(arch="slow_r50", teacher="clip_vit_b16", epochs=100, batch_size_per_gpu=13,
@@ -118,7 +120,7 @@ def add_training_args(p):
     g.add_argument("--saveckp_freq", type=int, default=20,
                    help="also keep checkpoint_XXXX.pth every N epochs (0: keep only the latest, checkpoint.pth)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--precision", default="auto", choices=utils.PRECISIONS,
+    g.add_argument("--precision", default="auto", choices=precision.PRECISIONS,
                    help="autocast precision (auto: bf16 on a GPU that has it, else fp32)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--log_every", type=int, default=10,
@@ -132,7 +134,7 @@ def add_training_args(p):
     return p
 
 
-# Allowed values of the numeric flags (utils.check_flags): checked at start-up, before anything is written.
+# Allowed values of the numeric flags (cli.check_flags): checked at start-up, before anything is written.
 FLAG_RULES = dict(momentum="[0,1]", epochs=">=1", batch_size_per_gpu=">=1", base_lr=">0", warmup_epochs=">=0",
                   weight_decay=">=0", clip_grad=">=0", saveckp_freq=">=0", log_every=">=1", max_iters_per_epoch=">=0",
                   num_frames=">=1", stride=">=1", crop_size="[32,1024]", num_workers=">=0", seed=">=0",
@@ -144,308 +146,170 @@ FLAG_RULES = dict(momentum="[0,1]", epochs=">=1", batch_size_per_gpu=">=1", base
 MAX_WEIGHT_GROWTH = 100.0
 
 
-def check_args(args):
-    utils.check_flags(args, FLAG_RULES)
-    if args.method == "iboot" and args.num_clips not in (1, 2, 3):
-        raise ValueError(f"--num_clips {args.num_clips}: must be 1, 2 or 3 for iboot")
-    if args.method == "rhobyol" and args.num_clips < 2:
-        raise ValueError(f"--num_clips {args.num_clips}: must be at least 2 (rho) for rhobyol")
-    if args.warmup_epochs > args.epochs:
-        raise ValueError(f"--warmup_epochs {args.warmup_epochs}: must be at most --epochs {args.epochs}")
+def check_args(flags):
+    if flags.method == "iboot" and flags.num_clips not in (1, 2, 3):
+        raise ValueError(f"--num_clips {flags.num_clips}: must be 1, 2 or 3 for iboot")
+    if flags.method == "rhobyol" and flags.num_clips < 2:
+        raise ValueError(f"--num_clips {flags.num_clips}: must be at least 2 (rho) for rhobyol")
 
 
 def setup(args):
-    """Join torchrun, fill unset flags (printed), check every flag, derive the global batch and lr,
-    seed, and generate the synthetic set when it is asked for. Returns the device."""
-    rank, world, device = utils.init_distributed(args.device)
-    utils.apply_defaults(args, EMBEDDED_DEFAULTS if args.dataset == "synthetic" else PAPER_DEFAULTS,
-                         f"--dataset {args.dataset}")
-    utils.apply_defaults(args, dict(augmentation="paper" if args.method == "iboot" else "pyslowfast_byol"),
-                         f"--method {args.method}")
-    if args.num_clips is None:
-        args.num_clips = 3 if args.method == "iboot" else 2
-    check_args(args)
-    if args.knn_eval == "auto":
-        args.knn_eval = "yes" if args.dataset == "synthetic" else "no"
-    args.world_size, args.global_batch = world, args.batch_size_per_gpu * world
-    args.lr = args.base_lr * args.global_batch / 256
-    args.precision = utils.resolve_precision(args.precision, device)
-    utils.check_training_precision(device, args.precision, args.num_frames)
-    utils.seed_everything(args.seed + rank)
-    if args.dataset == "synthetic":
-        data.ensure_synthetic_dataset(args.data_root)
-    return device
+    """Join torchrun; the flags with their defaults (the paper's, or the embedded ones for synthetic
+    data; printed), checked; the global batch and the lr of the linear scaling rule; seeds; the
+    synthetic set when it is asked for. Returns (flags, device); `args` is not changed."""
+    synthetic = args.dataset == "synthetic"
+    defaults = dict(EMBEDDED_DEFAULTS if synthetic else PAPER_DEFAULTS,
+                    augmentation="paper" if args.method == "iboot" else "pyslowfast_byol",
+                    num_clips=3 if args.method == "iboot" else 2)
+    flags, device = trainer.setup(args, defaults, f"--dataset {args.dataset}, --method {args.method}", FLAG_RULES)
+    check_args(flags)
+    precision.check_training(device, flags.precision, flags.num_frames)
+    knn_eval = flags.knn_eval if flags.knn_eval != "auto" else ("yes" if synthetic else "no")
+    return cli.freeze(flags, lr=flags.base_lr * flags.global_batch / 256, knn_eval=knn_eval), device
 
 
-def build_loader(args, device):
+def build_loader(flags, device):
     """Training samples of num_clips clips each, shuffled from (seed, epoch), resumable mid-epoch."""
-    train_set = data.build_dataset(args.dataset, root=args.data_root, split="train", list_file=args.train_list,
-                                   official_split=args.split, skip_missing=args.skip_missing,
-                                   num_clips=args.num_clips, num_frames=args.num_frames, stride=args.stride,
-                                   crop_size=args.crop_size, mode="train", seed=args.seed,
-                                   resized_crop=augment.PRETRAIN_RECIPES[args.augmentation]["resized_crop"])
-    loader, _ = data.train_loader(train_set, args.batch_size_per_gpu, args.num_workers, args.seed, device)
+    train_set = data.build_dataset(flags.dataset, root=flags.data_root, split="train", list_file=flags.train_list,
+                                   official_split=flags.split, skip_missing=flags.skip_missing,
+                                   num_clips=flags.num_clips, num_frames=flags.num_frames, stride=flags.stride,
+                                   crop_size=flags.crop_size, mode="train", seed=flags.seed,
+                                   resized_crop=augment.PRETRAIN_RECIPES[flags.augmentation]["resized_crop"])
+    loader, _ = data.train_loader(train_set, flags.batch_size_per_gpu, flags.num_workers, flags.seed, device)
     if len(loader) == 0:
         raise ValueError(f"the training set has {len(train_set)} videos, fewer than one batch of "
-                         f"--batch_size_per_gpu {args.batch_size_per_gpu} x {args.world_size} processes")
+                         f"--batch_size_per_gpu {flags.batch_size_per_gpu} x {flags.world_size} processes")
     return loader
 
 
-def build_objective(args):
-    encoder = models.build_encoder(args.arch)
-    if args.init != "scratch":
-        models.load_encoder_weights(encoder, args.init, inflate_mode=args.inflation)
-    if args.method == "rhobyol":
-        return iboot.RhoBYOL(encoder, momentum=args.momentum)
-    teacher_list = teachers.build_teachers(args.teacher, weights=args.teacher_weights)
-    return iboot.IBoot(encoder, teacher_list, temporal_pool=not args.no_temporal_pool,
-                       extra_ssl=args.extra_ssl, momentum=args.momentum)
+def build_objective(flags):
+    """The online encoder (same initial weights on every rank) and its targets: the teachers (iBoot) or
+    the EMA branch (rhoBYOL)."""
+    torch.manual_seed(rng.derive_seed(flags.seed, "init"))
+    encoder = models.build_encoder(flags.arch)
+    if flags.init != "scratch":
+        models.load_encoder_weights(encoder, flags.init, inflate_mode=flags.inflation)
+    if flags.method == "rhobyol":
+        return iboot.RhoBYOL(encoder, momentum=flags.momentum)
+    teacher_list = teachers.build_teachers(flags.teacher, weights=flags.teacher_weights)
+    return iboot.IBoot(encoder, teacher_list, temporal_pool=not flags.no_temporal_pool,
+                       extra_ssl=flags.extra_ssl, momentum=flags.momentum)
 
 
-def prepare_training(objective, args, device):
+def prepare_training(objective, flags, device):
     """SyncBN and DDP under torchrun (teachers stay frozen in eval mode), the optimiser (LARS, paper)
     and the fp16 loss scaler. Returns (model to call, optimizer, scaler)."""
-    model = objective
+    if distributed.wants_sync_batchnorm(device):  # SyncBN across GPUs (paper)
+        objective.convert_sync_batchnorm()
     if device.type == "cuda":
-        if args.world_size > 1:  # SyncBN across GPUs (paper)
-            objective.convert_sync_batchnorm()
         objective.encoder.to(memory_format=torch.channels_last_3d)
-    if args.world_size > 1:
-        model = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None)
-    if args.optimizer == "lars":
-        optimizer = lars.build_lars(objective, lr=args.lr, weight_decay=args.weight_decay)
+    if flags.optimizer == "lars":
+        optimizer = lars.build_lars(objective, lr=flags.lr, weight_decay=flags.weight_decay)
     else:
-        optimizer = torch.optim.SGD(objective.trainable_parameters(), lr=args.lr, momentum=0.9,
-                                    weight_decay=args.weight_decay)
-    return model, optimizer, utils.grad_scaler(device, args.precision)
+        optimizer = torch.optim.SGD(objective.trainable_parameters(), lr=flags.lr, momentum=0.9,
+                                    weight_decay=flags.weight_decay)
+    return distributed.ddp(objective, device), optimizer, precision.grad_scaler(device, flags.precision)
 
 
-def build_gpu_augment(args, device):
+def build_gpu_augment(flags, device):
     """The device-side colour jitter, grayscale and blur of --augmentation (augment.PRETRAIN_RECIPES)."""
-    return augment.GpuAugment(**augment.PRETRAIN_RECIPES[args.augmentation]["jitter"]).to(device)
+    return augment.GpuAugment(**augment.PRETRAIN_RECIPES[flags.augmentation]["jitter"]).to(device)
 
 
-def train_one_epoch(run, loader, epoch, args, first_iter=0, partial=None):
-    """Iterations first_iter.. of one epoch (`epoch` is 1-based). Returns the epoch's sums so far
-    ("loss_sum", "clips", "loaded") and "stopped_at" (the next iteration when a signal stopped it)."""
-    run.model.train()
-    iters = engine.iterations_per_epoch(loader, args.max_iters_per_epoch)
-    total_steps, warmup_steps = args.epochs * iters, int(args.warmup_epochs * iters)
-    sums = dict(partial or dict(loss_sum=0.0, clips=0, loaded=0), stopped_at=None)
-    progress = utils.Progress(iters - first_iter, f"epoch {epoch}/{args.epochs}", args.log_every)
-    end = time.time()
-    for it, batch in enumerate(loader, start=first_iter):
-        if it >= iters:
-            break
-        step = (epoch - 1) * iters + it
-        lr = utils.warmup_cosine_lr(step, total_steps, warmup_steps, args.lr)
-        utils.set_lr(run.optimizer, lr)
-        run.objective.update_momentum(step / max(1, total_steps))
-        run.skipped.add(batch["skipped"])
-        sums["loaded"] += len(batch["skipped"]) + batch["clips"].shape[0]
-        waited = time.time() - end
-        if batch["clips"].shape[0] > 0:  # else every video of this batch was undecodable
-            out = train_step(run, batch["clips"].to(run.device, non_blocking=True), args,
-                             f"epoch {epoch}, iteration {it}, lr {lr:.4g}")
-            B, V = batch["clips"].shape[:2]
-            elapsed = time.time() - end
-            sums["loss_sum"], sums["clips"] = sums["loss_sum"] + out["loss"].item() * B, sums["clips"] + B
-            clips_per_s = B * V * args.world_size / max(elapsed, 1e-9)
-            progress.update(loss=f"{out['loss'].item():.4f}", lr=f"{lr:.3g}", clips_s=f"{clips_per_s:.1f}")
-            if it % args.log_every == 0 or it == iters - 1:
-                log_step(run, dict(epoch=epoch, iter=it, step=step, lr=lr, clips_per_s=clips_per_s,
-                                   data_wait_frac=waited / max(elapsed, 1e-9),
-                                   **{k: v.item() for k, v in out.items() if torch.is_tensor(v)}), step)
-        end = time.time()
-        if run.stop.requested(run.device):
-            sums["stopped_at"] = it + 1
-            break
-    progress.close()
-    return sums
+def make_train_step(model, objective, optimizer, scaler, gpu_augment, flags, device, initial_norm):
+    """The step trainer.Trainer calls: momentum schedule, device-side augmentation, forward (autocast),
+    backward, optimiser step, EMA update. Stops the run with one line when the loss is not finite or
+    the encoder's weights exploded (a norm per step: cheap beside the step)."""
 
+    def train_step(batch, at):
+        objective.update_momentum(at.step / max(1, at.total_steps))
+        clips = batch["clips"].to(device, non_blocking=True)  # uint8 (B, V, 3, T, S, S)
+        B, V = clips.shape[:2]
+        # Colour jitter, grayscale and blur run here, batched on the training device (augment.py).
+        views = gpu_augment(clips.flatten(0, 1)).unflatten(0, (B, V))
+        with precision.autocast(device, flags.precision):
+            out = model([views[:, v] for v in range(V)])
+        loss = out["loss"]
+        if not math.isfinite(loss.item()):
+            raise cli.Diverged(f"the loss is {loss.item()} at {at}: the run diverged; lower --base_lr or set "
+                               f"--clip_grad (the checkpoint of the last finished epoch is intact)")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if flags.clip_grad:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(objective.trainable_parameters(), flags.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        objective.after_step()  # EMA update of the momentum branch (no-op without one)
+        norm = weight_norm(objective.encoder.parameters())
+        if not norm < MAX_WEIGHT_GROWTH * initial_norm:
+            raise cli.Diverged(f"the encoder's weight norm is {norm:.3g}, {norm / initial_norm:.3g} times its "
+                               f"initial norm, at {at}: the run diverged; lower --base_lr or set --clip_grad "
+                               f"(the checkpoint of the last finished epoch is intact)")
+        return dict(n=B, **{k: v.item() for k, v in out.items() if torch.is_tensor(v)})
 
-def train_step(run, clips, args, where):
-    """Augment on the device, forward (autocast), backward, optimiser step, EMA update. clips: uint8
-    (B, V, 3, T, S, S). Returns the objective's output (loss and terms). Stops the run with one line
-    when the loss is not finite or the encoder's weights exploded (a norm per step: cheap beside it)."""
-    B, V = clips.shape[:2]
-    # Colour jitter, grayscale and blur run here, batched on the training device (augment.py).
-    views = run.gpu_augment(clips.flatten(0, 1)).unflatten(0, (B, V))
-    with utils.autocast(run.device, args.precision):
-        out = run.model([views[:, v] for v in range(V)])
-    loss = out["loss"]
-    if not math.isfinite(loss.item()):
-        raise utils.Diverged(f"the loss is {loss.item()} at {where}: the run diverged; lower --base_lr or set "
-                             f"--clip_grad (the checkpoint of the last finished epoch is intact)")
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    if args.clip_grad:
-        run.scaler.unscale_(run.optimizer)
-        nn.utils.clip_grad_norm_(run.objective.trainable_parameters(), args.clip_grad)
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    run.objective.after_step()  # EMA update of the momentum branch (no-op without one)
-    norm = weight_norm(run.objective.encoder.parameters())
-    if not norm < MAX_WEIGHT_GROWTH * run.initial_norm:
-        raise utils.Diverged(f"the encoder's weight norm is {norm:.3g}, {norm / run.initial_norm:.3g} times its "
-                             f"initial norm, at {where}: the run diverged; lower --base_lr or set --clip_grad "
-                             f"(the checkpoint of the last finished epoch is intact)")
-    return out
+    return train_step
 
 
 def weight_norm(tensors):
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in tensors])).item()
 
 
-def log_step(run, record, step):
-    run.logger.log(**record)
-    if run.tb_writer is not None:
-        for k, v in record.items():
-            if isinstance(v, float):
-                run.tb_writer.add_scalar(f"train/{k}", v, step)
-
-
-class TeacherAsEncoder(nn.Module):
-    """A frozen image teacher seen through the encoder interface (normalised clip -> (N, D, T)), so
-    k-NN can measure the teacher's own frame features on the same clips: the reference the student
-    is regressing."""
-
-    def __init__(self, teacher):
-        super().__init__()
-        self.teacher, self.feat_dim = teacher, teacher.dim
-
-    def forward(self, x):
-        frames = augment.student_input_to_frames(x).transpose(1, 2).flatten(0, 1)  # (N*T, 3, H, W) in [0, 1]
-        return self.teacher(frames).unflatten(0, (x.shape[0], x.shape[2])).transpose(1, 2)
-
-
-def knn_report(objective, initial_state, args, device):
+def knn_report(objective, initial_state, flags, device):
     """k-NN top-1 on the validation split: the trained encoder beside the same one at initialisation
     (and, for iBoot, beside the teacher's own frame features averaged over the clip). Every rank
     encodes its share of the videos."""
     # A quick check, not the paper's protocol (eval_knn.py is): the training crop and the centre clip.
-    splits = [data.build_dataset(args.dataset, root=args.data_root, split=split, mode="test",
-                                 test_clips=1, test_crops=1, num_frames=args.num_frames,
-                                 stride=args.stride, crop_size=args.crop_size, seed=args.seed,
-                                 test_crop_size=args.crop_size, test_spacing="offset")
+    splits = [data.build_dataset(flags.dataset, root=flags.data_root, split=split, mode="test",
+                                 test_clips=1, test_crops=1, num_frames=flags.num_frames,
+                                 stride=flags.stride, crop_size=flags.crop_size, seed=flags.seed,
+                                 test_crop_size=flags.crop_size, test_spacing="offset")
               for split in ("train", "val")]
     random_encoder = copy.deepcopy(objective.encoder)
     random_encoder.load_state_dict(initial_state)
     nets = {"trained": objective.encoder, "random_init": random_encoder}
     if isinstance(objective, iboot.IBoot):
-        nets["teacher"] = TeacherAsEncoder(objective.teachers[0])
-    skipped = data.SkippedVideos(args.output_dir, args.max_skip_share)
-    return {name: engine.knn_top1_on_sets(net, *splits, device=device, skipped=skipped, k=20, batch_size=16,
-                                          num_workers=args.num_workers, precision=args.precision)
+        nets["teacher"] = teachers.TeacherAsEncoder(objective.teachers[0])
+    skipped = data.SkippedVideos(flags.output_dir, flags.max_skip_share)
+    return {name: knn.knn_top1_on_sets(net, *splits, device=device, skipped=skipped, k=20, batch_size=16,
+                                       num_workers=flags.num_workers, precision=flags.precision)
             for name, net in nets.items()}
 
 
-def report_knn(objective, initial_encoder, args, device, logger):
-    res = knn_report(objective, initial_encoder, args, device)
+def report_knn(objective, initial_encoder, flags, device, logger):
+    res = knn_report(objective, initial_encoder, flags, device)
     logger.log(kind="knn", **res)
-    teacher = f" | teacher {args.teacher} (frame features) {res['teacher']:.1f}%" if "teacher" in res else ""
-    utils.print_main(f"k-NN top-1 (k=20) on {args.dataset} val: trained {res['trained']:.1f}% | "
-                     f"random init {res['random_init']:.1f}%{teacher}")
-
-
-def resume(run, args, fingerprint):
-    """Restore a run saved in --output_dir with the same defining flags. Returns where it stands:
-    epochs done, iterations done in the next one (a run stopped by a signal), the global step, the
-    partial sums of that epoch and the encoder's initial weights (the k-NN report's baseline)."""
-    ckpt = checkpoint.resume_run(args.output_dir, fingerprint, {"gpu_augment": run.gpu_augment.generator})
-    if ckpt is None:
-        return dict(epoch=0, iteration=0, step=0, partial=None,
-                    initial_encoder=copy.deepcopy(run.objective.encoder.state_dict()))
-    run.objective.load_checkpoint_state(ckpt)
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scaler.load_state_dict(ckpt["scaler"])
-    where = f", {ckpt['iteration']} iterations into epoch {ckpt['epoch'] + 1}" if ckpt["iteration"] else ""
-    utils.print_main(f"resumed from {args.output_dir}: {ckpt['epoch']} of {args.epochs} epochs done{where}")
-    return {k: ckpt[k] for k in ("epoch", "iteration", "step", "partial", "initial_encoder")}
-
-
-def save(run, args, fingerprint, state, keep=False):
-    checkpoint.save_run(args.output_dir, dict(
-        run.objective.checkpoint_state(), encoder_name=args.arch, optimizer=run.optimizer.state_dict(),
-        scaler=run.scaler.state_dict(), fingerprint=fingerprint, args=vars(args), **state),
-        keep_as=f"checkpoint_{state['epoch']:04d}.pth" if keep else None,
-        generators={"gpu_augment": run.gpu_augment.generator})
-
-
-def tensorboard_writer(args):
-    if not (args.tensorboard and utils.is_main_process()):
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:
-        raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
-    return SummaryWriter(os.path.join(args.output_dir, "tensorboard"))
-
-
-def start_run_files(args, dataset):
-    """What a run writes before training, once its flags are known to be right: config.json and the
-    list of the videos --skip_missing left out."""
-    utils.save_config(args, args.output_dir)
-    data.write_missing_videos(args.output_dir, dataset)
+    teacher = f" | teacher {flags.teacher} (frame features) {res['teacher']:.1f}%" if "teacher" in res else ""
+    records.print_main(f"k-NN top-1 (k=20) on {flags.dataset} val: trained {res['trained']:.1f}% | "
+                       f"random init {res['random_init']:.1f}%{teacher}")
 
 
 def main(args):
-    device = setup(args)
-    loader = build_loader(args, device)
-    torch.manual_seed(args.seed)  # same initial weights on every rank
-    objective = build_objective(args).to(device)
-    model, optimizer, scaler = prepare_training(objective, args, device)
-    run = types.SimpleNamespace(model=model, objective=objective, optimizer=optimizer, scaler=scaler, device=device,
-                                gpu_augment=build_gpu_augment(args, device), stop=utils.GracefulStop())
-    fingerprint = checkpoint.run_fingerprint(args)
-    state = resume(run, args, fingerprint)
-    run.initial_norm = weight_norm(state["initial_encoder"].values())
-    start_run_files(args, loader.dataset)
-    run.logger, run.tb_writer = utils.JsonlLogger(os.path.join(args.output_dir, "log.jsonl")), tensorboard_writer(args)
-    run.skipped = data.SkippedVideos(args.output_dir, args.max_skip_share)
-    utils.print_main(f"{args.method} | encoder {args.arch} | teacher {args.teacher if args.method == 'iboot' else '-'}"
-                     f" | {len(loader.dataset)} videos | {args.world_size} process(es) on {device} | batch "
-                     f"{args.batch_size_per_gpu} per GPU, {args.global_batch} global | lr {args.lr:.4g} | "
-                     f"{args.precision} | epochs {args.epochs}")
-    with run.stop:
-        for epoch in range(state["epoch"] + 1, args.epochs + 1):
-            train_epoch_and_save(run, loader, epoch, args, state, fingerprint)
-    if args.knn_eval == "yes":
-        report_knn(objective, state["initial_encoder"], args, device, run.logger)
-    if run.tb_writer is not None:
-        run.tb_writer.close()
-    utils.cleanup_distributed()
+    flags, device = setup(args)
+    loader = build_loader(flags, device)
+    objective = build_objective(flags).to(device)
+    model, optimizer, scaler = prepare_training(objective, flags, device)
+    gpu_augment = build_gpu_augment(flags, device)
+    run = trainer.Trainer(flags, loader, device, model, optimizer, scaler,
+                          state_dict=lambda: dict(objective.checkpoint_state(), encoder_name=flags.arch),
+                          load_state_dict=objective.load_checkpoint_state,
+                          fingerprint=checkpoint.run_fingerprint(flags),
+                          generators={"gpu_augment": gpu_augment.generator})
+    state = run.resume(extra=dict(initial_encoder=copy.deepcopy(objective.encoder.state_dict())))
+    run.start(loader.dataset)
+    initial_norm = weight_norm(state.extra["initial_encoder"].values())
+    records.print_main(
+        f"{flags.method} | encoder {flags.arch} | teacher {flags.teacher if flags.method == 'iboot' else '-'} | "
+        f"{len(loader.dataset)} videos | {flags.world_size} process(es) on {device} | batch "
+        f"{flags.batch_size_per_gpu} per GPU, {flags.global_batch} global | lr {flags.lr:.4g} | "
+        f"{flags.precision} | epochs {flags.epochs}")
+    run.fit(make_train_step(model, objective, optimizer, scaler, gpu_augment, flags, device, initial_norm), state)
+    if flags.knn_eval == "yes":
+        report_knn(objective, state.extra["initial_encoder"], flags, device, run.logger)
+    run.logger.close()
+    distributed.cleanup()
     return objective
 
 
-def train_epoch_and_save(run, loader, epoch, args, state, fingerprint):
-    """One epoch, from where `state` (resume) says it stands, and its checkpoint. A signal during it
-    writes a checkpoint that resumes mid-epoch and stops the run."""
-    first_iter = state["iteration"] if epoch == state["epoch"] + 1 else 0
-    # Everything random in an epoch derives from (seed, epoch): data order and clip sampling here, the
-    # device-side augmentation from its generator (restored from the checkpoint mid-epoch).
-    data.start_epoch(loader, epoch, first_iter)
-    if first_iter == 0:
-        run.gpu_augment.reseed(args.seed * 1000 + epoch + utils.get_rank() * 7919)
-    sums = train_one_epoch(run, loader, epoch, args, first_iter, state["partial"] if first_iter else None)
-    iters = engine.iterations_per_epoch(loader, args.max_iters_per_epoch)
-    if sums["stopped_at"] is not None:
-        save(run, args, fingerprint, dict(epoch=epoch - 1, iteration=sums["stopped_at"],
-                                          step=(epoch - 1) * iters + sums["stopped_at"],
-                                          partial={k: sums[k] for k in ("loss_sum", "clips", "loaded")},
-                                          initial_encoder=state["initial_encoder"]))
-        raise run.stop.stopped(epoch, sums["stopped_at"], args.output_dir)
-    skipped = run.skipped.end_epoch(sums["loaded"], run.device, f"epoch {epoch}")
-    clips = utils.all_reduce_sum(sums["clips"], run.device)
-    stats = dict(epoch=epoch, loss=utils.all_reduce_sum(sums["loss_sum"], run.device) / max(1, clips),
-                 skipped_videos=skipped)
-    utils.print_main(f"epoch {epoch}/{args.epochs}: loss {stats['loss']:.4f}, skipped videos {skipped}")
-    run.logger.log(kind="epoch", **stats)
-    save(run, args, fingerprint, dict(epoch=epoch, iteration=0, step=epoch * iters, partial=None,
-                                      initial_encoder=state["initial_encoder"]),
-         keep=args.saveckp_freq and epoch % args.saveckp_freq == 0)
-
-
 if __name__ == "__main__":
-    utils.run_cli(main, get_args_parser())
+    cli.run_cli(main, get_args_parser())

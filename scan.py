@@ -14,8 +14,9 @@ import os
 import numpy as np
 import torch
 
+import cli
 import data
-import utils
+import records
 import video
 
 
@@ -56,13 +57,13 @@ def get_args_parser():
 
 
 def main(args):
-    utils.check_flags(args, dict(num_workers=">=0", log_every=">=1"))
+    cli.check_flags(args, dict(num_workers=">=0", log_every=">=1"))
     videos, _ = data.read_video_list(args.dataset, args.data_root, args.split, args.list, args.official_split)
     present, missing = data.check_files(videos, skip_missing=True, what=f"{args.dataset} {args.split} list")
     bad = {p: "missing: no such file" for p in missing}
     loader = torch.utils.data.DataLoader(VideoScan([p for p, _ in present]), batch_size=8,
                                          num_workers=args.num_workers, collate_fn=list)
-    progress = utils.Progress(len(loader.dataset), "scan", args.log_every)
+    progress = records.Progress(len(loader.dataset), "scan", args.log_every)
     for batch in loader:
         for path, reason in batch:
             if reason is not None:
@@ -81,4 +82,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, get_args_parser())
+    cli.run_cli(main, get_args_parser())

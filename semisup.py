@@ -23,11 +23,15 @@ from collections import defaultdict
 
 import numpy as np
 
-import engine
-import utils
+import classifier
+import cli
+import data
+import distributed
+import protocols
+import records
 
-PAPER_DEFAULTS = dict(engine.LINEAR_PROTOCOL, lr=0.01, dropout=0.5, train_jitter="none")
-SYNTHETIC_DEFAULTS = dict(engine.LINEAR_PROTOCOL_SYNTHETIC, lr=0.01, dropout=0.5, train_jitter="none")
+PAPER_DEFAULTS = protocols.SEMISUP
+SYNTHETIC_DEFAULTS = protocols.SEMISUP_SYNTHETIC
 FLAG_RULES = dict(dropout="[0,1)", fraction="(0,100]", subset_seed=">=0")
 
 
@@ -76,11 +80,11 @@ def load_or_draw_subset(path, labels, percent, seed, video_names=None):
 def get_args_parser():
     p = argparse.ArgumentParser("iboot semi-supervised K400 (1% / 10% labels)", add_help=True,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    engine.add_eval_args(p, PAPER_DEFAULTS)
+    protocols.add_eval_args(p, PAPER_DEFAULTS)
     p.add_argument("--fraction", type=float, default=1.0, help="percent of the training videos per class (1 or 10)")
     p.add_argument("--subset_seed", type=int, default=0, help="seed of the drawn subset")
     p.add_argument("--subset_dir", default="splits", help="where the drawn subsets are written and read back")
-    return engine.add_finetune_args(p)
+    return protocols.add_finetune_args(p)
 
 
 def subset_path(args):
@@ -89,27 +93,28 @@ def subset_path(args):
 
 
 def main(args):
-    device = engine.prepare_eval(args, PAPER_DEFAULTS, SYNTHETIC_DEFAULTS, FLAG_RULES)
-    full_train = engine.build_split(args, "train", "train")
-    labels, names = engine.labels_of(full_train), [path for path, _ in full_train.videos]
-    path = subset_path(args)
-    if utils.is_main_process():
-        load_or_draw_subset(path, labels, args.fraction, args.subset_seed, names)
-    utils.barrier()
-    indices = load_or_draw_subset(path, labels, args.fraction, args.subset_seed)
-    utils.print_main(f"semi-supervised: {len(indices)} of {len(full_train)} training videos "
-                     f"({args.fraction:g}% per class, seed {args.subset_seed}) listed in {path}")
-    metrics = engine.finetune(args, device, 1, args.output_dir, train_subset=indices)
-    utils.print_main(f"semi-supervised {args.fraction:g}% on {args.dataset} val ({args.test_clips}x"
-                     f"{args.test_crops} views, {metrics['num_videos']} videos): top-1 {metrics['top1']:.2f}% | "
-                     f"top-5 {metrics['top5']:.2f}%")
-    record = engine.write_eval_record(args, "semisup", "val", metrics["top1"], top5=metrics["top5"],
-                                      best_top1=metrics["best_top1"], best_epoch=metrics["best_epoch"],
-                                      label_fraction=args.fraction, num_labelled=len(indices),
-                                      subset_file=path, num_videos=metrics["num_videos"])
-    utils.cleanup_distributed()
+    flags, device = protocols.prepare(args, PAPER_DEFAULTS, SYNTHETIC_DEFAULTS, FLAG_RULES)
+    full_train = data.build_split(flags, "train", "train")
+    labels, names = data.labels_of(full_train), [path for path, _ in full_train.videos]
+    path = subset_path(flags)
+    if distributed.is_main():
+        load_or_draw_subset(path, labels, flags.fraction, flags.subset_seed, names)
+    distributed.barrier()
+    indices = load_or_draw_subset(path, labels, flags.fraction, flags.subset_seed)
+    records.print_main(f"semi-supervised: {len(indices)} of {len(full_train)} training videos "
+                       f"({flags.fraction:g}% per class, seed {flags.subset_seed}) listed in {path}")
+    flags, backbone = protocols.with_backbone(flags)
+    metrics = classifier.finetune(flags, device, backbone, 1, flags.output_dir, train_subset=indices)
+    records.print_main(f"semi-supervised {flags.fraction:g}% on {flags.dataset} val ({flags.test_clips}x"
+                       f"{flags.test_crops} views, {metrics['num_videos']} videos): top-1 {metrics['top1']:.2f}% | "
+                       f"top-5 {metrics['top5']:.2f}%")
+    record = protocols.write_eval_record(flags, "semisup", "val", metrics["top1"], top5=metrics["top5"],
+                                         best_top1=metrics["best_top1"], best_epoch=metrics["best_epoch"],
+                                         label_fraction=flags.fraction, num_labelled=len(indices),
+                                         subset_file=path, num_videos=metrics["num_videos"])
+    distributed.cleanup()
     return record
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, get_args_parser())
+    cli.run_cli(main, get_args_parser())

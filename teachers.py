@@ -13,11 +13,12 @@
   plus "open_clip:MODEL:TAG" and "timm:MODEL" for any other model of those libraries.
 - `weights`: None = the public weights, from the library's cache (HF_HOME, TORCH_HOME) or its hub
   (HF_HUB_OFFLINE=1: the cache only); a local file path; or "random" (random init, for tests).
-  Weights neither cached nor downloadable: utils.SetupError naming --teacher_weights; a file that is
+  Weights neither cached nor downloadable: cli.SetupError naming --teacher_weights; a file that is
   not the teacher's weights: ValueError naming the flag, the file and what did not match.
 - `class Teacher`: frames float (N,3,H,W) in [0,1] -> (N, dim). Resizes to the model's input size when
   the model needs a fixed size (ViTs), applies the model's own normalisation, never takes gradients,
   stays in eval mode, attributes `name`, `dim`, `image_size`.
+- `TeacherAsEncoder(teacher)`: the teacher's frame features of a clip, as an encoder (k-NN of the teacher).
 - `attention_maps(teacher, frames) -> (N, heads, h, w)`: last-block attention of [CLS] to the patch
   tokens of a ViT teacher (timm or open_clip), for the paper's Figure 2.
 - `convert_lite0_state_dict(sd, model)`: lukemelas efficientnet_pytorch key names -> timm's.
@@ -29,10 +30,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import augment
 import checkpoint
+import cli
+import compat
 import models
-import utils  # before timm: importing utils registers the torchvision fallback timm needs
-import timm  # noqa: E402
 
 TEACHERS = ("clip_vit_b16", "dino_vit_s16", "dino_vit_b16", "deit_b16", "swav_r50w2", "efficientnet_lite0")
 DEFAULT_TEACHER = "efficientnet_lite0"
@@ -120,7 +122,7 @@ def public_weights(name, load):
         if not _unavailable(e):
             raise
         root = _root_cause(e)
-        raise utils.SetupError(
+        raise cli.SetupError(
             f"teacher {name!r}: its public weights are neither in the local cache nor downloadable here "
             f"({type(root).__name__}: {str(root).splitlines()[0][:160]}). Download them once where the hub is "
             f"reachable (they land in the same cache: HF_HOME, TORCH_HOME), or pass {WEIGHTS_FLAG} /path/to/file "
@@ -159,7 +161,7 @@ def local_weights(name, path, load):
 
 
 def _open_clip_teacher(name, model_name, tag, weights):
-    import open_clip  # here, not at the top: it takes a second to import and only CLIP teachers use it
+    open_clip = compat.import_open_clip()
     cfg = open_clip.get_pretrained_cfg(model_name, tag) if tag else {}
     # OpenAI's CLIP weights were trained with QuickGELU; the architecture must match the weights
     quick_gelu = bool(cfg.get("quick_gelu", False))
@@ -188,17 +190,17 @@ def _open_clip_teacher(name, model_name, tag, weights):
 
 
 def _timm_teacher(name, model_name, weights):
-    if model_name.split(".")[0] not in timm.list_models():
+    if model_name.split(".")[0] not in compat.import_timm().list_models():
         raise ValueError(f"unknown timm model {model_name!r} in teacher {name!r}")
     # num_classes=0: forward() returns the pre-logits features ([CLS] after the final norm for ViTs,
     # global-pooled features for CNNs) and the classifier weights are dropped when loading
     if weights == "random":
-        model = timm.create_model(model_name, pretrained=False, num_classes=0)
+        model = compat.import_timm().create_model(model_name, pretrained=False, num_classes=0)
     elif weights is not None:
-        model = local_weights(name, weights, lambda: timm.create_model(
+        model = local_weights(name, weights, lambda: compat.import_timm().create_model(
             model_name, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=weights)))
     else:
-        model = public_weights(name, lambda: timm.create_model(model_name, pretrained=True, num_classes=0))
+        model = public_weights(name, lambda: compat.import_timm().create_model(model_name, pretrained=True, num_classes=0))
     cfg = model.pretrained_cfg
     kind = "timm_vit" if hasattr(model, "blocks") and hasattr(model, "patch_embed") else "cnn"
     return Teacher(name, model, lambda m, x: m(x), model.num_features, cfg.get("mean", IMAGENET_MEAN),
@@ -290,7 +292,7 @@ def lite0_weights_path():
 def _lite0_teacher(name, weights):
     # The package's weights are a conversion of the official TF checkpoint, so the net needs TF's
     # asymmetric "SAME" padding: timm's tf_ variant (the plain variant pads symmetrically).
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model = compat.import_timm().create_model("tf_efficientnet_lite0", pretrained=False)
     def load(path):
         sd = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(convert_lite0_state_dict(sd, model) if any(k.startswith("_blocks.") for k in sd) else sd)
@@ -348,6 +350,20 @@ def build_teachers(names, weights=None):
             raise ValueError(f"{WEIGHTS_FLAG}: {len(per)} file(s) for {len(names)} teachers; join one file "
                              "per teacher with '+' in the order of --teacher")
     return [build_teacher(n, w or None) for n, w in zip(names, per)]
+
+
+class TeacherAsEncoder(nn.Module):
+    """A frozen image teacher seen through the encoder interface (normalised clip (N, 3, T, H, W) ->
+    (N, D, T)), so k-NN measures the teacher's own frame features on the same clips as the student's:
+    the reference the student regresses."""
+
+    def __init__(self, teacher):
+        super().__init__()
+        self.teacher, self.feat_dim = teacher, teacher.dim
+
+    def forward(self, x):
+        frames = augment.student_input_to_frames(x).transpose(1, 2).flatten(0, 1)  # (N*T, 3, H, W) in [0, 1]
+        return self.teacher(frames).unflatten(0, (x.shape[0], x.shape[2])).transpose(1, 2)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import iboot  # noqa: E402
 import lars  # noqa: E402
 import models  # noqa: E402
 import teachers  # noqa: E402
-import utils  # noqa: E402
+import precision as precisions  # noqa: E402
 
 # Dense bf16 tensor-core peaks (datasheet, FLOP/s) for the fraction-of-peak figure.
 BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "V100": 125e12, "L40S": 362e12}
@@ -57,7 +57,7 @@ def get_args():
     p.add_argument("--num_frames", type=int, default=8)
     p.add_argument("--crop_size", type=int, default=224)
     p.add_argument("--steps", type=int, default=3, help="timed steps per batch size (after 1 warm-up)")
-    p.add_argument("--precision", default="auto", choices=utils.PRECISIONS,
+    p.add_argument("--precision", default="auto", choices=precisions.PRECISIONS,
                    help="as in pretrain.py: auto is bf16 on a GPU that has it, else fp32")
     p.add_argument("--videos", default=None,
                    help="CSV path,label of real videos (e.g. ../shared/data/surveillance-fight/labels.csv): "
@@ -101,11 +101,11 @@ def measure(objective, optimizer, next_clips, steps, device, precision):
         clips = next_clips()
         sync(device)
         t0 = time.time()
-        with utils.autocast(device, precision):
+        with precisions.autocast(device, precision):
             objective.teacher_features(clips[0])  # the teacher alone, to split the step time
         sync(device)
         t1 = time.time()
-        with utils.autocast(device, precision):
+        with precisions.autocast(device, precision):
             loss = objective(clips)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -136,7 +136,7 @@ def main():
     online_macs = models.count_flops(models.build_encoder(args.arch), (1, 3, T, S, S))
     teacher_macs = models.count_flops(teacher, (T, 3) + tuple(teacher.image_size))
     flops_per_video = 2 * (3 * 2 * online_macs + teacher_macs)
-    precision, peak = utils.resolve_precision(args.precision, device), peak_bf16(device)
+    precision, peak = precisions.resolve(args.precision, device), peak_bf16(device)
     print(f"device {device} | {precision} | {args.arch} ({online_macs / 1e9:.1f} GMACs per clip) | teacher "
           f"{args.teacher} ({teacher_macs / 1e9:.1f} GMACs per {T} frames) | {flops_per_video / 1e12:.3f} TFLOP "
           f"per video")

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import augment  # noqa: E402
+import cli  # noqa: E402
 import teachers  # noqa: E402
-import utils  # noqa: E402
 import video  # noqa: E402
 
 DEFAULT_VIDEO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
@@ -150,4 +150,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    utils.run_cli(main, get_args_parser())
+    cli.run_cli(main, get_args_parser())

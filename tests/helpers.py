@@ -10,6 +10,11 @@ EVAL_TINY = ["--dataset", "synthetic", "--crop_size", "32", "--num_frames", "2",
              "--batch_size_per_gpu", "4", "--num_workers", "0", "--device", "cpu", "--test_clips", "1",
              "--test_crops", "1"]
 
+# pretrain.py flags for one short epoch on the small set (random-init teacher: offline).
+PRETRAIN_TINY = ["--arch", "slow_tiny", "--crop_size", "32", "--num_frames", "2", "--stride", "4",
+                 "--batch_size_per_gpu", "2", "--num_workers", "0", "--epochs", "1", "--max_iters_per_epoch", "1",
+                 "--warmup_epochs", "0", "--knn_eval", "no", "--teacher_weights", "random"]
+
 
 def make_small_set(folder):
     """3 classes, 6 training and 3 validation videos each, 1 s at 30 fps."""

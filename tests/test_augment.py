@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 import augment
-import utils  # noqa: F401  (first: registers the torchvision fallback)
 
 import torchvision.transforms.functional as TF  # noqa: E402
 

@@ -49,7 +49,7 @@ def test_files_get_the_permissions_the_umask_gives(tmp_path):
 
 def test_disk_full_leaves_the_previous_checkpoint_and_no_temporary(tmp_path, monkeypatch):
     import errno
-    import utils
+    import cli
     path = tmp_path / "checkpoint.pth"
     checkpoint.save({"epoch": 1}, str(path))
 
@@ -62,7 +62,7 @@ def test_disk_full_leaves_the_previous_checkpoint_and_no_temporary(tmp_path, mon
 
     monkeypatch.setattr(torch, "save", full_disk)
     message = f"no space left on the device of {tmp_path}.*previous checkpoint is intact"
-    with pytest.raises(utils.SetupError, match=message):
+    with pytest.raises(cli.SetupError, match=message):
         checkpoint.save({"epoch": 2}, str(path))
     monkeypatch.undo()
     assert checkpoint.load(str(path))["epoch"] == 1 and os.listdir(tmp_path) == ["checkpoint.pth"]

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 import data
+import eval_knn
+import finetune
 import video
+from helpers import EVAL_TINY, run_script
 
 
 def gray_video(path, n, fps=30, size=(32, 48), gop_size=None, **kw):
@@ -463,3 +466,66 @@ def test_raw_stream_without_timestamps_or_frame_count(tmp_path):
     info, frames = video.read_frames(path, lambda info: np.array([5, 33, 47]), stats=stats)
     assert info.num_frames == 50  # counted from the packets
     assert {k: int(round(v.mean() / 4)) for k, v in frames.items()} == {5: 5, 33: 33, 47: 47}
+
+
+# ----------------------------------------------------------------------------------------------
+# Lists: never another list in place of a missing one; what scan.py finds
+# ----------------------------------------------------------------------------------------------
+
+def test_no_validation_list_is_an_error_not_the_training_list(small_root, tmp_path):
+    """A folder with a training list and no val.csv: validation used to run on the training list."""
+    videos, _ = data.read_csv_list(str(small_root / "data" / "train.csv"))
+    (tmp_path / "labels.csv").write_text("path,label\n" + "".join(f"{p},{y}\n" for p, y in videos))
+    with pytest.raises(FileNotFoundError, match=rf"--val_list: no list given and {tmp_path}/val.csv does not exist"):
+        data.build_dataset("csv", root=str(tmp_path), split="val")
+    with pytest.raises(FileNotFoundError, match=rf"^--val_list: no list given and {tmp_path}/val.csv"):
+        run_script(eval_knn, ["--pretrained", str(small_root / "A.pth"), "--output_dir", str(tmp_path / "knn")] + EVAL_TINY
+                   + ["--dataset", "csv", "--data_root", str(tmp_path), "--train_list", str(tmp_path / "labels.csv")])
+    assert not (tmp_path / "knn").exists()
+
+
+def test_the_synthetic_set_is_never_written_where_real_data_is_expected(small_root, tmp_path, monkeypatch):
+    """--dataset synthetic without --data_root used to generate the synthetic set in the evaluations'
+    default data folders (data/k400 for eval_knn, data/ucf101 for finetune), where a real set belongs."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, "SYNTHETIC_ROOT", str(small_root / "data"))
+    for module, extra in ((eval_knn, []), (finetune, ["--epochs", "1", "--max_iters_per_epoch", "1"])):
+        out = tmp_path / module.__name__
+        run_script(module, ["--pretrained", str(small_root / "A.pth"), "--output_dir", str(out),
+                            "--results_dir", str(tmp_path / "res")] + EVAL_TINY + extra)
+        with open(out / "config.json") as f:
+            assert json.load(f)["data_root"] == str(small_root / "data")
+    assert not (tmp_path / "data").exists()
+    with pytest.raises(ValueError, match=r"^--data_root is required for --dataset ucf101$"):
+        run_script(finetune, ["--pretrained", str(small_root / "A.pth"), "--dataset", "ucf101", "--output_dir",
+                              str(tmp_path / "ucf")])
+    assert not (tmp_path / "ucf").exists()
+
+
+def test_a_csv_saved_with_a_byte_order_mark_reads_like_one_without(small_root, tmp_path):
+    plain = (small_root / "data" / "train.csv").read_text()
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + plain.encode())
+    (tmp_path / "plain.csv").write_text(plain)
+    assert data.read_csv_list(str(tmp_path / "bom.csv"), str(small_root / "data")) == \
+        data.read_csv_list(str(tmp_path / "plain.csv"), str(small_root / "data"))
+    (tmp_path / "k.txt").write_bytes(b"\xef\xbb\xbfa.mp4 3\nb.mp4 4\n")
+    assert data.read_kinetics_list(str(tmp_path / "k.txt"), "/r")[0] == [("/r/a.mp4", 3), ("/r/b.mp4", 4)]
+
+
+def test_scan_lists_every_bad_video_of_a_list_before_training(small_root, tmp_path):
+    import scan
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "garbage.mp4").write_bytes(b"not a video " * 20)
+    good = [line.split(",") for line in (small_root / "data" / "train.csv").read_text().splitlines()[1:4]]
+    lines = [f"{small_root / 'data' / p} {y}" for p, y in good] + ["garbage.mp4 1", "gone.mp4 2"]
+    (mixed / "train.csv").write_text("\n".join(lines) + "\n")
+    bad = scan.main(scan.get_args_parser().parse_args(
+        ["--dataset", "kinetics", "--data_root", str(mixed), "--num_workers", "2",
+         "--output", str(tmp_path / "bad.txt"), "--clean_list", str(tmp_path / "clean.csv")]))
+    assert sorted(os.path.basename(p) for p in bad) == ["garbage.mp4", "gone.mp4"]
+    written = dict(line.split("\t") for line in (tmp_path / "bad.txt").read_text().splitlines())
+    assert written[str(mixed / "gone.mp4")] == "missing: no such file"
+    assert written[str(mixed / "garbage.mp4")].startswith("InvalidDataError")
+    clean, _ = data.read_kinetics_list(str(tmp_path / "clean.csv"))
+    assert clean == [(str(small_root / "data" / p), int(y)) for p, y in good]

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-import utils  # noqa: F401  (first: registers the torchvision fallback)
 
 import torchvision  # noqa: E402
 

@@ -130,7 +130,7 @@ def test_offline_uses_the_library_cache_first(tmp_path):
 
 @pytest.mark.parametrize("name", ["clip_vit_b16", "dino_vit_b16", "swav_r50w2"])
 def test_weights_neither_cached_nor_downloadable_give_one_line(name, tmp_path):
-    out = _in_a_fresh_process(f"import utils\nutils.run_cli(lambda a: teachers.build_teacher('{name}'), "
+    out = _in_a_fresh_process(f"import cli\ncli.run_cli(lambda a: teachers.build_teacher('{name}'), "
                               f"__import__('argparse').ArgumentParser())", tmp_path)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2, out.stderr[-2000:]

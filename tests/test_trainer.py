@@ -1,0 +1,221 @@
+"""trainer.py: the one loop of pretraining and of every classifier protocol. The lr schedule by hand;
+resume after SIGKILL, SIGTERM and Ctrl-C ends with the weights of an uninterrupted run, bit for bit,
+for pretrain.py and for finetune.py alike; a run resumes only with its own flags; undecodable videos
+are counted, listed and, when too many, stop the run."""
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import augment
+import eval_linear
+import pretrain
+import trainer
+from helpers import EVAL_TINY, PRETRAIN_TINY, run_script
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_warmup_cosine_lr_hand_values():
+    # 10 warm-up steps to 2.0, then cosine over 90 steps to 0.
+    assert trainer.warmup_cosine_lr(0, 100, 10, 2.0) == 0.0
+    assert trainer.warmup_cosine_lr(5, 100, 10, 2.0) == pytest.approx(1.0)
+    assert trainer.warmup_cosine_lr(10, 100, 10, 2.0) == pytest.approx(2.0)
+    assert trainer.warmup_cosine_lr(55, 100, 10, 2.0) == pytest.approx(1.0)  # half-way: cos(pi/2)=0
+    assert trainer.warmup_cosine_lr(40, 100, 10, 2.0) == pytest.approx(1.0 + math.cos(math.pi / 3))
+    assert trainer.warmup_cosine_lr(100, 100, 10, 2.0) == pytest.approx(0.0)
+    # SSv2 fine-tuning: 0.08 -> 0.15 over the warm-up
+    assert trainer.warmup_cosine_lr(3, 40, 6, 0.15, warmup_start_lr=0.08) == pytest.approx(0.115)
+
+
+def test_schedule_steps_and_rates():
+    s = trainer.Schedule(base_lr=2.0, epochs=10, iters_per_epoch=10, warmup_epochs=1.0)
+    assert (s.total_steps, s.warmup_steps) == (100, 10)
+    assert [s.lr(step) for step in (0, 5, 10, 100)] == pytest.approx([0.0, 1.0, 2.0, 0.0])
+    ssv2 = trainer.Schedule(base_lr=0.15, epochs=40, iters_per_epoch=1, warmup_epochs=3.0, warmup_start_lr=0.08)
+    assert ssv2.lr(0) == pytest.approx(0.08) and ssv2.lr(3) == pytest.approx(0.15)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume after SIGKILL, SIGTERM, SIGINT: pretraining and fine-tuning, one loop
+# ----------------------------------------------------------------------------------------------
+
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+# 18 training videos, batch 2: 9 steps per epoch cut to 6, 3 epochs, a data-loading worker.
+COMMON = ["--crop_size", "32", "--num_frames", "2", "--stride", "4", "--batch_size_per_gpu", "2",
+          "--num_workers", "1", "--epochs", "3", "--max_iters_per_epoch", "6", "--log_every", "1"]
+JOBS = {
+    "pretrain": (["pretrain.py", "--arch", "slow_tiny", "--warmup_epochs", "0", "--knn_eval", "no",
+                  "--teacher_weights", "random", "--extra_ssl"], "encoder"),
+    "finetune": (["finetune.py", "--dataset", "synthetic", "--device", "cpu", "--test_clips", "1",
+                  "--test_crops", "1", "--eval_freq", "1"], "model"),
+}
+
+
+def job_argv(job, small_root, output_dir):
+    argv, _ = JOBS[job]
+    extra = ["--pretrained", str(small_root / "A.pth")] if job == "finetune" else []
+    return [sys.executable] + argv + COMMON + extra + ["--data_root", str(small_root / "data"),
+                                                      "--output_dir", output_dir]
+
+
+def _final_weights(job, output_dir):
+    return torch.load(os.path.join(output_dir, "checkpoint.pth"), weights_only=False)[JOBS[job][1]]
+
+
+def read_log(output_dir):
+    with open(os.path.join(output_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module", params=list(JOBS))
+def uninterrupted(request, small_root, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp(f"uninterrupted_{request.param}"))
+    subprocess.run(job_argv(request.param, small_root, out), cwd=ROOT, env=ENV, check=True, capture_output=True)
+    return request.param, _final_weights(request.param, out)
+
+
+def _start_and_signal(argv, output_dir, sig, epoch, iteration):
+    """Start a script and send `sig` once the log shows (epoch, iteration) under way."""
+    proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log_path, deadline = os.path.join(output_dir, "log.jsonl"), time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isfile(log_path) and any(r.get("epoch") == epoch and r.get("iter", -1) >= iteration
+                                            and r.get("kind") == "step" for r in read_log(output_dir)):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs between the resumed and the uninterrupted run"
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_uninterrupted_run(small_root, tmp_path, uninterrupted):
+    job, weights = uninterrupted
+    resumed = str(tmp_path / "killed")
+    argv = job_argv(job, small_root, resumed)
+    code, _, _ = _start_and_signal(argv, resumed, signal.SIGKILL, epoch=2, iteration=2)
+    assert code == -signal.SIGKILL, "the run finished before it could be killed mid-epoch"
+    assert torch.load(os.path.join(resumed, "checkpoint.pth"), weights_only=False)["epoch"] == 1
+    out = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resumed from" in out.stdout
+    _assert_same_weights(weights, _final_weights(job, resumed))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_writes_a_mid_epoch_checkpoint_that_resumes_exactly(sig, small_root, tmp_path, uninterrupted):
+    """SIGTERM (SLURM's notice before preemption) or Ctrl-C at a random step: the run finishes that step,
+    writes a checkpoint that resumes mid-epoch, exits with one line and 128 + the signal; started
+    again, it ends with the uninterrupted run's weights, bit for bit."""
+    job, weights = uninterrupted
+    epoch, iteration = [int(v) for v in np.random.default_rng(int(sig)).integers((1, 0), (4, 5))]
+    resumed = str(tmp_path / "signalled")
+    argv = job_argv(job, small_root, resumed)
+    code, _, err = _start_and_signal(argv, resumed, sig, epoch, iteration)
+    assert code == 128 + sig, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(rf"stopped by {sig.name} at epoch {epoch}, iteration \d+; checkpoint written to "
+                        rf"{re.escape(resumed)}: run the same command again to resume", last), last
+    ckpt = torch.load(os.path.join(resumed, "checkpoint.pth"), weights_only=False)
+    assert ckpt["epoch"] == epoch - 1 and ckpt["iteration"] > iteration
+    out = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"iterations into epoch {epoch}" in out.stdout
+    _assert_same_weights(weights, _final_weights(job, resumed))
+
+
+# ----------------------------------------------------------------------------------------------
+# A run resumes only what its flags describe
+# ----------------------------------------------------------------------------------------------
+
+def test_a_run_resumes_only_with_its_own_flags(small_root, tmp_path):
+    out = str(tmp_path / "run")
+    base = PRETRAIN_TINY + ["--data_root", str(small_root / "data"), "--output_dir", out]
+    run_script(pretrain, base)
+    with open(os.path.join(out, "config.json")) as f:
+        config = f.read()
+    changes = {"--seed 0 -> 1": ["--seed", "1"], "--crop_size 32 -> 48": ["--crop_size", "48"],
+               "--num_frames 2 -> 3": ["--num_frames", "3"],
+               "--teacher efficientnet_lite0 -> timm:efficientnet_b0": ["--teacher", "timm:efficientnet_b0"],
+               "--arch slow_tiny -> slow_small": ["--arch", "slow_small"],
+               "--teacher efficientnet_lite0 -> dino_vit_s16": ["--teacher", "dino_vit_s16"],
+               "--method iboot -> rhobyol": ["--method", "rhobyol", "--num_clips", "3"],
+               "--extra_ssl false -> true": ["--extra_ssl"]}
+    for difference, flags in changes.items():
+        with pytest.raises(ValueError) as e:
+            run_script(pretrain, base + flags)
+        message = str(e.value)
+        assert message.startswith(f"--output_dir {out} holds a run with other settings: ") and "\n" not in message
+        assert difference in message, message
+        with open(os.path.join(out, "config.json")) as f:
+            assert f.read() == config  # nothing was written
+    run_script(pretrain, base + ["--log_every", "5", "--num_workers", "1"])  # logging flags may change
+
+
+def test_an_evaluation_resumes_only_its_own_model(small_root, capsys):
+    out = str(small_root / "linear_default_folder")
+    common = EVAL_TINY + ["--data_root", str(small_root / "data"), "--output_dir", out, "--results_dir", str(small_root / "res"),
+                     "--epochs", "1", "--max_iters_per_epoch", "1"]
+    run_script(eval_linear, ["--pretrained", str(small_root / "A.pth")] + common)
+    capsys.readouterr()
+    with pytest.raises(ValueError, match=rf"--output_dir {out} holds a run with other settings: --pretrained "
+                                         rf"{small_root / 'A.pth'} \(.*\) -> {small_root / 'B.pth'} \("):
+        run_script(eval_linear, ["--pretrained", str(small_root / "B.pth")] + common)
+    assert "resumed" not in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# Undecodable videos: counted and listed; a bug is not a bad video
+# ----------------------------------------------------------------------------------------------
+
+def test_undecodable_videos_are_listed_once_with_their_reason(small_root, tmp_path):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "broken.mp4").write_bytes(b"not a video " * 20)
+    rows = "path,label\n" + "".join(f"{os.path.join(small_root, 'data', p)},{y}\n" for p, y in [
+        line.split(",") for line in (small_root / "data" / "train.csv").read_text().splitlines()[1:]])
+    (mixed / "train.csv").write_text(rows + "broken.mp4,0\n")
+    out = tmp_path / "run"
+    run_script(pretrain, PRETRAIN_TINY + ["--dataset", "csv", "--data_root", str(mixed), "--output_dir", str(out),
+                                     "--epochs", "2", "--max_iters_per_epoch", "0", "--max_skip_share", "0.1"])
+    listed = (out / "skipped_videos.txt").read_text().splitlines()
+    assert listed == [f"{mixed / 'broken.mp4'}\tInvalidDataError: " + listed[0].split("InvalidDataError: ")[1]]
+    epochs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()
+              if json.loads(line).get("kind") == "epoch"]
+    assert [r["skipped_videos"] for r in epochs] == [1, 1]
+
+
+def test_undecodable_runs_stop_and_bugs_are_not_bad_videos(small_root, tmp_path, monkeypatch):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(8):
+        (broken / f"v{i}.mp4").write_bytes(b"not a video " * 20)
+    (broken / "train.csv").write_text("path,label\n" + "".join(f"v{i}.mp4,{i % 2}\n" for i in range(8)))
+    out = tmp_path / "all_broken"
+    with pytest.raises(ValueError, match=r"8 of 8 videos \(100.0%\) of epoch 1 could not be decoded, more than "
+                                         r"--max_skip_share 0.05; first: .*v\d.mp4 \(InvalidDataError"):
+        run_script(pretrain, PRETRAIN_TINY + ["--dataset", "csv", "--data_root", str(broken), "--output_dir", str(out),
+                                         "--max_iters_per_epoch", "0", "--num_clips", "2"])
+    assert not os.path.exists(out / "checkpoint.pth")  # no untrained checkpoint
+    # A bug in the pipeline (here a TypeError in the crop) surfaces; it is not counted as a bad video.
+    def buggy_crop(*args, **kwargs):
+        raise TypeError("a bug, not a bad video")
+    monkeypatch.setattr(augment, "random_short_side_crop", buggy_crop)
+    with pytest.raises(TypeError, match="a bug, not a bad video"):
+        run_script(pretrain, PRETRAIN_TINY + ["--data_root", str(small_root / "data"), "--output_dir", str(tmp_path / "bug")])
