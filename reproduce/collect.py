@@ -14,10 +14,10 @@ Writes, into --out:
   knn_vs_epochs.png        k-NN top-1 against pretraining epochs (iBoot and rhoBYOL: the paper's
                            faster-convergence claim, Section 4.3 / Table 6)
 
-How a record reaches a cell: reproduce/common.sh names every evaluation run "<pretrain run>__<eval>"
-(e.g. iboot_clip_vit_b16_slow_r50_k400_e100_b104__ucf_s1). TABLES below says which pretraining run
-forms each row and which evaluation each column shows; the paper's numbers come from
-paper_numbers.csv (table, row, column, value, note) in this folder.
+How a record reaches a cell: reproduce/plan.py names every evaluation run "<pretrain run>__<eval>"
+(e.g. iboot_clip_vit_b16_slow_r50_k400_e100_b104__ucf_s1), and its TABLES say which run forms each
+row and which evaluation each column shows; the paper's numbers come from paper_numbers.csv (table,
+row, column, value, note) in this folder.
 """
 import argparse
 import glob
@@ -27,95 +27,12 @@ import re
 
 import pandas as pd
 
+from plan import CONVERGENCE_LABELS, TABLES, table_rows
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 MISSING = "—"
 NOT_RUN = "n/a"
 NOT_IN_PAPER = "not in paper"
-
-# Shared pretraining runs (the name spells out the settings; see common.sh).
-RHOBYOL_100 = "rhobyol_slow_r50_k400_e100_b104"
-RHOBYOL_100_PAPER_AUG = "rhobyol_paperaug_slow_r50_k400_e100_b104"
-DINO_NOPOOL = "iboot_dino_vit_b16_nopool_slow_r50_k400_e100_b104"
-CLIP_NOPOOL = "iboot_clip_vit_b16_nopool_slow_r50_k400_e100_b104"
-DINO_POOL = "iboot_dino_vit_b16_slow_r50_k400_e100_b104"
-CLIP_DEFAULT = "iboot_clip_vit_b16_slow_r50_k400_e100_b104"
-CLIP_200 = "iboot_clip_vit_b16_slow_r50_k400_e200_b416"
-ABLATION_COLUMNS = {"k-NN": "knn", "HMDB": "hmdb_s1", "UCF": "ucf_s1"}
-
-# table -> title, label columns, {column: eval}, rows [(row label as in paper_numbers.csv, run or
-# None when not reproduced, {column: eval} overrides; an eval of None leaves that cell not run)], and
-# optionally extra_rows: rows we add that the paper does not have (their paper cells read NOT_IN_PAPER).
-TABLES = {
-    1: dict(title="Effect of different image-based models as target network",
-            labels=["method", "Image model"], columns=ABLATION_COLUMNS,
-            rows=[("ρBYOL / -", RHOBYOL_100, {}),
-                  ("iBoot / SwAV-R50-w2", "iboot_swav_r50w2_nopool_slow_r50_k400_e100_b104", {}),
-                  ("iBoot / DINO-ViT", DINO_NOPOOL, {}),
-                  ("iBoot / CLIP-ViT", CLIP_NOPOOL, {}),
-                  ("iBoot / DeiT-ViT*", "iboot_deit_b16_nopool_slow_r50_k400_e100_b104", {})],
-            # rhoBYOL with iBoot's augmentation (Section 4.1) instead of PySlowFast's BYOL recipe.
-            extra_rows=[("ρBYOL, iBoot's augmentation / -", RHOBYOL_100_PAPER_AUG, {})]),
-    2: dict(title="Effect of ensembling image-based models", labels=["Image model"], columns=ABLATION_COLUMNS,
-            rows=[("DINO-ViT", DINO_NOPOOL, {}), ("CLIP-ViT", CLIP_NOPOOL, {}),
-                  ("DINO+CLIP", "iboot_dino_clip_nopool_slow_r50_k400_e100_b104", {})]),
-    3: dict(title="Effect of additional SSL loss using momentum encoder as target network",
-            labels=["Image model"], columns=ABLATION_COLUMNS,
-            rows=[("DINO-ViT", DINO_NOPOOL, {}),
-                  ("DINO+SSL", "iboot_dino_vit_b16_nopool_ssl_slow_r50_k400_e100_b104", {}),
-                  ("CLIP-ViT", CLIP_NOPOOL, {}),
-                  ("CLIP+SSL", "iboot_clip_vit_b16_nopool_ssl_slow_r50_k400_e100_b104", {})]),
-    4: dict(title="Effect of applying temporal pooling", labels=["Image model", "T. Pool"],
-            columns=ABLATION_COLUMNS,
-            rows=[("DINO-ViT / ×", DINO_NOPOOL, {}), ("DINO-ViT / ✓", DINO_POOL, {}),
-                  ("CLIP-ViT / ×", CLIP_NOPOOL, {}), ("CLIP-ViT / ✓", CLIP_DEFAULT, {})]),
-    5: dict(title="Effect of number of temporal views for the online network", labels=["#views"],
-            columns=dict(ABLATION_COLUMNS, SSv2="ssv2"),
-            rows=[("-", "iboot_clip_vit_b16_nc1_slow_r50_k400_e100_b104", {}),
-                  ("1", "iboot_clip_vit_b16_nc2_slow_r50_k400_e100_b104", {}),
-                  ("2", CLIP_DEFAULT, {})]),
-    6: dict(title="Effect of larger batch size and more epochs", labels=["#Batch", "#Epochs"],
-            columns=ABLATION_COLUMNS,
-            rows=[("8×13 / 100", CLIP_DEFAULT, {}),
-                  ("32×13 / 100", "iboot_clip_vit_b16_slow_r50_k400_e100_b416", {}),
-                  ("32×13 / 200", CLIP_200, {})]),
-    7: dict(title="Effect of different backbone architectures", labels=["Backbone"], columns=ABLATION_COLUMNS,
-            rows=[("3DResNet-50", CLIP_DEFAULT, {}),
-                  ("3DResNet-101", "iboot_clip_vit_b16_slow_r101_k400_e100_b104", {})]),
-    8: dict(title="Effect of using a larger pre-training dataset", labels=["Data"],
-            columns={"k-NN": "knn", "K400 Lin. Eval.": "linear", "HMDB": "hmdb_s1", "UCF": "ucf_s1"},
-            rows=[("K400", CLIP_DEFAULT, {}), ("K600", "iboot_clip_vit_b16_slow_r50_k600_e100_b104", {})]),
-    9: dict(title="Effect of video encoder initialization (200 epochs, 13×32)", labels=["Method"],
-            columns=ABLATION_COLUMNS,
-            rows=[("ρBYOL (from scratch)", "rhobyol_slow_r50_k400_e200_b416", {}),
-                  ("ρBYOL (inflated)", "rhobyol_inflated_slow_r50_k400_e200_b416", {}),
-                  ("iBoot", CLIP_200, {})]),
-    10: dict(title="Comparison with state-of-the-art ((*) averaged over 3 splits)",
-             labels=["Method", "Data", "Epoch", "T×τ"],
-             columns={"K400 lin.eval": "linear", "UCF101": "ucf_s1", "HMDB51": "hmdb_s1", "SSv2": "ssv2_3v"},
-             rows=[("Fully Supervised / Scratch / - / 8×8", "scratch", {"K400 lin.eval": None, "SSv2": "ssv2"}),
-                   ("Fully Supervised / K400 / - / 8×8", None, {}),
-                   ("CVRL [48] / K400 / 800 / 16×2", None, {}),
-                   ("(ρ=4) CORP_m [27] / K400 / 800 / 16×2", None, {}),
-                   ("CORP_f [27] / K400 / 800 / 16×2", None, {}),
-                   ("MoDist [64] / K400 / 600 / 8×8", None, {}),
-                   ("(ρ=2) BYOL [19] / K400 / 200 / 8×8", None, {}),
-                   ("(ρ=3) BYOL [19] / K400 / 200 / 8×8", None, {}),
-                   ("(ρ=4) BYOL [19] / K400 / 200 / 8×8", None, {}),
-                   ("(ρ=3) SimCLR [19] / K400 / 200 / 8×8", None, {}),
-                   ("(ρ=3) SwAV [19] / K400 / 200 / 8×8", None, {}),
-                   ("(ρ=3) MoCo [19] / K400 / 200 / 8×8", None, {}),
-                   ("iBoot / K400 / 200 / 8×8", CLIP_200, {}),
-                   ("iBoot (3 splits; SSv2 16×8) / K400 / 200 / 8×8", CLIP_200,
-                    {"K400 lin.eval": None, "UCF101": "ucf_avg", "HMDB51": None, "SSv2": "ssv2_16x8"})]),
-    11: dict(title="Semi-supervised classification top-1 on K400", labels=["Method"],
-             columns={"1% Labels": "semi1", "10% Labels": "semi10"},
-             rows=[("Supervised", "scratch", {}), ("SimCLR infla. [48]", None, {}),
-                   ("ImageNet infla. [48]", None, {}), ("CVRL [48]", None, {}), ("CORP_f [27]", None, {}),
-                   ("(ρ=2) BYOL [19]", "rhobyol_public", {}), ("iBoot", CLIP_200, {})]),
-}
-# The convergence plot: iBoot against rhoBYOL with the same budget (Table 1 at 100, Table 9 at 200 epochs).
-CONVERGENCE_RUNS = {RHOBYOL_100: "ρBYOL (100 ep)", CLIP_NOPOOL: "iBoot CLIP (100 ep)",
-                    "rhobyol_slow_r50_k400_e200_b416": "ρBYOL (200 ep)", CLIP_200: "iBoot CLIP (200 ep)"}
 
 
 def load_paper(path=os.path.join(HERE, "paper_numbers.csv")):
@@ -159,12 +76,6 @@ def load_results(results_dir):
     return out
 
 
-def table_rows(number):
-    """(label, run, overrides, in the paper) of every row of a table: the paper's, then our extra ones."""
-    spec = TABLES[number]
-    return [r + (True,) for r in spec["rows"]] + [r + (False,) for r in spec.get("extra_rows", [])]
-
-
 def build_table(number, results, paper):
     """The table as a DataFrame in the paper's layout: label columns, then '<col> ours', '<col> paper'."""
     spec = TABLES[number]
@@ -179,7 +90,7 @@ def build_table(number, results, paper):
             if run is None or ev is None:
                 ours = NOT_RUN
             else:
-                value = results.get((run, ev))
+                value = results.get((run.name, ev))
                 ours = MISSING if value is None else f"{value:.1f}"
             row[f"{column} ours"] = ours
             row[f"{column} paper"] = paper.get((number, label, column), MISSING) if in_paper else NOT_IN_PAPER
@@ -244,8 +155,8 @@ def read_log(run_dir):
     df = pd.DataFrame(rows)
     if df.empty or "loss" not in df:
         return df
-    if "kind" in df:
-        df = df[df["kind"].isna()]
+    if "kind" in df:  # the step records ("kind": "step"), not the epoch, test or k-NN ones
+        df = df[df["kind"].isna() | (df["kind"] == "step")]
     df = df.dropna(subset=["loss", "epoch", "iter"])
     iters_per_epoch = df["iter"].max() + 1
     # The position at the END of the logged iteration, so a 1-iteration epoch still spans [e, e + 1].
@@ -299,7 +210,7 @@ def plot_knn_vs_epochs(results, path):
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for run, points in sorted(curves.items()):
         style = "-" if run.startswith("iboot") else "--"
-        ax.plot(*zip(*points), style, marker="o", label=CONVERGENCE_RUNS.get(run, run))
+        ax.plot(*zip(*points), style, marker="o", label=CONVERGENCE_LABELS.get(run, run))
     ax.set_xlabel("pretraining epoch")
     ax.set_ylabel("K400 k-NN top-1 (%)")
     ax.set_title("k-NN accuracy during pretraining: iBoot vs ρBYOL" if curves else "k-NN vs epochs: no records")

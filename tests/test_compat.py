@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import compat
@@ -10,6 +11,7 @@ import compat
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_torchvision_timm_open_clip_import_after_fallback():
     code = ("import compat; compat.register_torchvision_fallbacks(); "
             "import torchvision, timm, open_clip, torch; "
@@ -32,6 +34,7 @@ def test_nms_reference_against_hand_computed_iou():
     assert compat.nms_reference(boxes, scores, 0.5).tolist() == [1, 0]  # 2 suppressed by 0 (0.95)
 
 
+@pytest.mark.slow
 def test_importing_the_project_registers_nothing():
     """No import side effect: importing every module leaves torchvision unregistered and unimported."""
     code = ("import sys, torch; import compat, data, models, teachers, lars, iboot, pretrain, classifier, knn; "

@@ -473,7 +473,8 @@ def test_raw_stream_without_timestamps_or_frame_count(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 def test_no_validation_list_is_an_error_not_the_training_list(small_root, tmp_path):
-    """A folder with a training list and no val.csv: validation used to run on the training list."""
+    """A folder with a training list and no val.csv: an error naming --val_list, never validation on the
+    training list."""
     videos, _ = data.read_csv_list(str(small_root / "data" / "train.csv"))
     (tmp_path / "labels.csv").write_text("path,label\n" + "".join(f"{p},{y}\n" for p, y in videos))
     with pytest.raises(FileNotFoundError, match=rf"--val_list: no list given and {tmp_path}/val.csv does not exist"):
@@ -485,8 +486,8 @@ def test_no_validation_list_is_an_error_not_the_training_list(small_root, tmp_pa
 
 
 def test_the_synthetic_set_is_never_written_where_real_data_is_expected(small_root, tmp_path, monkeypatch):
-    """--dataset synthetic without --data_root used to generate the synthetic set in the evaluations'
-    default data folders (data/k400 for eval_knn, data/ucf101 for finetune), where a real set belongs."""
+    """--dataset synthetic without --data_root uses the synthetic cache, never the evaluations' real-data
+    folders (data/k400, data/ucf101); a real data set without --data_root is one line."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(data, "SYNTHETIC_ROOT", str(small_root / "data"))
     for module, extra in ((eval_knn, []), (finetune, ["--epochs", "1", "--max_iters_per_epoch", "1"])):

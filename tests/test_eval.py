@@ -61,6 +61,7 @@ def run(module, root, name, extra):
     return saved
 
 
+@pytest.mark.slow
 def test_knn_end_to_end(synthetic, capsys):
     saved = run(eval_knn, synthetic, "knn", ["--nb_knn", "20", "--dump_features", str(synthetic / "feats")])
     assert saved["protocol"] == "knn" and saved["k"] == 20 and saved["split"] == "val"
@@ -75,6 +76,7 @@ def test_knn_end_to_end(synthetic, capsys):
     assert set(paths) == {p for p, _ in videos}
 
 
+@pytest.mark.slow
 def test_linear_end_to_end_and_resume(synthetic, capsys):
     run(eval_linear, synthetic, "linear", ["--epochs", "2", "--max_iters_per_epoch", "2"])
     assert "epoch 1/2" in capsys.readouterr().out
@@ -88,6 +90,7 @@ def test_linear_end_to_end_and_resume(synthetic, capsys):
         run(eval_linear, synthetic, "linear", ["--epochs", "3", "--max_iters_per_epoch", "2"])
 
 
+@pytest.mark.slow
 def test_finetune_end_to_end(synthetic):
     saved = run(finetune, synthetic, "finetune", ["--epochs", "1", "--max_iters_per_epoch", "2"])
     assert saved["protocol"] == "finetune" and saved["split"] == "1"
@@ -97,12 +100,14 @@ def test_finetune_end_to_end(synthetic):
     assert config["sampling"] == "kinetics" and config["nesterov"] and config["bn_weight_decay"] == 0.0
 
 
+@pytest.mark.slow
 def test_finetune_with_ssv2_sampling(synthetic):
     saved = run(finetune, synthetic, "finetune_ssv2", ["--epochs", "1", "--max_iters_per_epoch", "1",
                                                        "--sampling", "ssv2", "--test_crops", "3"])
     assert saved["views"] == "1x3" and saved["config"]["sampling"] == "ssv2"
 
 
+@pytest.mark.slow
 def test_finetune_under_bf16_autocast_on_the_cpu(synthetic):
     """--precision bf16 fine-tuning on the CPU: the training loss stays finite and falls, and --eval_freq
     tests during training; the record keeps the last and the best top-1."""
@@ -122,6 +127,7 @@ def test_finetune_under_bf16_autocast_on_the_cpu(synthetic):
     assert saved["config"]["precision"] == "bf16"
 
 
+@pytest.mark.slow
 def test_semisup_end_to_end(synthetic):
     saved = run(semisup, synthetic, "semisup", ["--epochs", "1", "--max_iters_per_epoch", "2", "--fraction", "50",
                                                 "--subset_dir", str(synthetic / "splits")])
@@ -130,6 +136,7 @@ def test_semisup_end_to_end(synthetic):
         assert len(json.load(f)["indices"]) == saved["num_labelled"]
 
 
+@pytest.mark.slow
 def test_bad_flags_give_clear_errors(synthetic):
     with pytest.raises(FileNotFoundError, match="--pretrained"):
         eval_knn.main(eval_knn.get_args_parser().parse_args(

@@ -1,4 +1,5 @@
-"""reproduce/: the table scripts (full-scale commands and smoke runs), collect.py, figure2.py.
+"""reproduce/: plan.py (the runs of every table), common.sh and the table scripts (full-scale commands
+and smoke runs), collect.py, figure2.py.
 
 The smoke runs train and evaluate for real (CPU, synthetic videos, slow_tiny, random-init teachers).
 By default all eleven table scripts run, in one shared folder as a user would (about 5 minutes on
@@ -8,6 +9,7 @@ IBOOT_SMOKE_TABLES="1,5,9" runs only those tables while developing.
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -17,6 +19,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "reproduce"))
 import collect  # noqa: E402
+import plan  # noqa: E402
 
 TABLES = list(range(1, 12))
 
@@ -28,79 +31,97 @@ def run_table(n, env_extra, timeout=1800):
 
 
 # ---------------------------------------------------------------------------------------------
-# Full-scale commands (DRY_RUN: printed, not run)
+# Full-scale commands: what plan.py lists, and common.sh launching it (DRY_RUN: printed, not run)
 # ---------------------------------------------------------------------------------------------
 
+FULL_ENV = dict(RUNS="/r", RESULTS="/res", GPUS_PER_NODE="4", NNODES="2", IMAGENET_R50="/w/byol_r50.pth",
+                RHOBYOL_CKPT="/w/SLOW_8x8_R50_BYOL.pkl")
+
+
+def flag_values(command):
+    """{flag: value} of a command line (the last value of a repeated flag, as argparse keeps it)."""
+    words, out = shlex.split(command), {}
+    for i, w in enumerate(words):
+        if w.startswith("--"):
+            out[w[2:]] = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else True
+    return out
+
+
 @pytest.fixture(scope="module")
-def dry_runs(tmp_path_factory):
-    runs = str(tmp_path_factory.mktemp("dry"))
-    env = dict(DRY_RUN="1", RUNS=runs, GPUS_PER_NODE="4", NNODES="2", NODE_RANK="1", MASTER_ADDR="node0",
-               IMAGENET_R50="/w/byol_r50.pth", RHOBYOL_CKPT="/w/SLOW_8x8_R50_BYOL.pkl")
-    out = {}
-    for n in TABLES:
-        proc = run_table(n, env, timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        out[n] = [line[2:] for line in proc.stderr.splitlines() if line.startswith("+ ")]
-    return runs, out
+def full_scale():
+    env = plan.environment(FULL_ENV)
+    return {n: [shlex.join(cmd) for _, cmd in plan.table_steps(n, env)] for n in TABLES}
 
 
-def test_full_scale_commands_use_torchrun_over_nodes_and_keep_the_global_batch(dry_runs):
-    runs, commands = dry_runs
-    for n, cmds in commands.items():
-        assert cmds, f"table {n} printed no command"
-        for c in cmds:
-            assert c.startswith("torchrun --nnodes 2 --nproc_per_node 4 --node_rank 1 --master_addr node0"), c
-    pre = [c for cmds in commands.values() for c in cmds if " pretrain.py " in c]
-    for c in pre:
+def test_full_scale_commands_keep_the_global_batch_and_the_papers_protocols(full_scale):
+    pre = [flag_values(c) for cmds in full_scale.values() for c in cmds if c.startswith("pretrain.py")]
+    for f in pre:
         # 2 nodes x 4 GPUs: 104 = 8 x 13 per GPU (ablations), 416 = 8 x 52 (32-GPU rows of the paper)
-        per_gpu = int(re.search(r"--batch_size_per_gpu (\d+)", c).group(1))
-        global_batch = int(re.search(r"_b(\d+)(?: |$)", c.split("--output_dir ")[1].split()[0] + " ").group(1))
-        assert per_gpu * 8 == global_batch, c
-        assert "--epochs 200" in c if "_e200_" in c else "--epochs 100" in c
-    table1 = " ".join(commands[1])
-    assert "--method rhobyol" in table1 and "--teacher swav_r50w2 --no_temporal_pool" in table1
-    # rhoBYOL with PySlowFast's BYOL_SlowR50_8x8.yaml augmentation, and the extra run with iBoot's
-    assert "rhobyol_slow_r50_k400_e100_b104 --epochs 100" in table1
-    assert re.search(r"rhobyol_slow_r50_k400_e100_b104 --epochs 100 .*--augmentation pyslowfast_byol", table1)
-    assert re.search(r"rhobyol_paperaug_slow_r50_k400_e100_b104 --epochs 100 .*--augmentation paper", table1)
-    table9 = [c for c in commands[9] if " pretrain.py " in c and "rhobyol" in c]
-    assert len(table9) == 2 and all("--augmentation pyslowfast_byol" in c for c in table9)
-    assert "--init /w/byol_r50.pth --inflation mean" in " ".join(commands[9])
-    assert "--pretrained /w/SLOW_8x8_R50_BYOL.pkl" in " ".join(commands[11])
-    assert "--fraction 1 " in " ".join(commands[11]) and "--fraction 10 " in " ".join(commands[11])
-    # Paper protocols (Section 4.2): UCF/HMDB 196 epochs, global batch 128 (16 on each of 8 GPUs),
-    # lr 0.0025, 10x3 views; PySlowFast's where the paper is silent (finetune_ucf_Slow_R50_syn8.yaml:
-    # dropout 0.8, colour jitter; DATA.TEST_CROP_SIZE 256, USE_OFFSET_SAMPLING False)
-    ucf = [c for c in commands[1] if "--dataset ucf101" in c][0]
-    assert ("--epochs 196 --batch_size_per_gpu 16 --lr 0.0025 --test_clips 10 --test_crops 3 "
-            "--dropout 0.8 --train_jitter pyslowfast --test_crop_size 256 --test_spacing uniform") in ucf
-    evals = [c for cmds in commands.values() for c in cmds if " pretrain.py " not in c]
-    assert evals and all("--test_crop_size 256 --test_spacing uniform" in c for c in evals)
-    # SSv2 (finetune_SSv2_Slow_R50_syn8.yaml, ssv2.py): segment sampling; Table 10's "3 v" = 1 clip x 3 crops
-    ssv2 = {re.search(r"--run_name \S+__(\S+)", c).group(1): c for c in commands[10] if "--dataset ssv2" in c}
+        assert int(f["batch_size_per_gpu"]) * 8 == int(re.search(r"_b(\d+)$", f["output_dir"]).group(1)), f
+        assert f["epochs"] == ("200" if "_e200_" in f["output_dir"] else "100")
+        # rhoBYOL with PySlowFast's BYOL_SlowR50_8x8.yaml augmentation unless the name says otherwise
+        recipe = "paper" if f["method"] == "iboot" or "paperaug" in f["output_dir"] else "pyslowfast_byol"
+        assert f["augmentation"] == recipe, f
+    table1 = [flag_values(c) for c in full_scale[1] if c.startswith("pretrain.py")]
+    assert {(f.get("teacher"), "no_temporal_pool" in f) for f in table1 if f["method"] == "iboot"} == {
+        ("swav_r50w2", True), ("dino_vit_b16", True), ("clip_vit_b16", True), ("deit_b16", True)}
+    inflated = [flag_values(c) for c in full_scale[9] if "--init" in c]
+    assert len(inflated) == 1 and (inflated[0]["init"], inflated[0]["inflation"]) == ("/w/byol_r50.pth", "mean")
+    assert any(flag_values(c).get("pretrained") == "/w/SLOW_8x8_R50_BYOL.pkl" for c in full_scale[11])
+    assert {flag_values(c)["fraction"] for c in full_scale[11] if c.startswith("semisup.py")} == {"1", "10"}
+    # Section 4.2: UCF/HMDB 196 epochs, global batch 128 (16 on each of 8 GPUs), lr 0.0025, 10x3 views;
+    # PySlowFast where the paper is silent (finetune_ucf_Slow_R50_syn8.yaml: dropout 0.8, colour jitter).
+    ucf = [flag_values(c) for c in full_scale[1] if "--dataset ucf101" in c][0]
+    assert {k: ucf[k] for k in ("epochs", "batch_size_per_gpu", "lr", "test_clips", "test_crops", "dropout",
+                                "train_jitter")} == dict(epochs="196", batch_size_per_gpu="16", lr="0.0025",
+                                                         test_clips="10", test_crops="3", dropout="0.8",
+                                                         train_jitter="pyslowfast")
+    # SSv2: Table 10's "3 v" = 1 clip x 3 crops, at 8x8 and 16x8 frames; finetune_SSv2_Slow_R50_syn8.yaml
+    ssv2 = {flag_values(c)["run_name"].split("__")[1]: flag_values(c) for c in full_scale[10] if "ssv2" in c}
     assert set(ssv2) == {"ssv2", "ssv2_3v", "ssv2_16x8"}
-    assert all("--sampling ssv2 --dropout 0.5 --train_jitter none" in c for c in ssv2.values())
-    assert "--test_clips 1 --test_crops 1" in ssv2["ssv2"]
-    assert all("--test_clips 1 --test_crops 3" in ssv2[e] for e in ("ssv2_3v", "ssv2_16x8"))
-    semi = [c for c in commands[11] if "semisup.py" in c]
-    assert semi and all("--dropout 0.5 --train_jitter none" in c for c in semi)
+    assert all((f["dropout"], f["train_jitter"], f["test_clips"]) == ("0.5", "none", "1") for f in ssv2.values())
+    assert [ssv2[e]["test_crops"] for e in ("ssv2", "ssv2_3v", "ssv2_16x8")] == ["1", "3", "3"]
+    assert ssv2["ssv2_16x8"]["num_frames"] == "16"
 
 
-def test_every_table_row_is_trained_by_a_script_and_shared_runs_are_shared(dry_runs):
-    runs, commands = dry_runs
-    trained = {n: set(re.findall(r"pretrain\.py --output_dir \S+/(\S+)", " ".join(c))) for n, c in commands.items()}
-    evaluated = {n: set(re.findall(r"--run_name (\S+)__", " ".join(c))) for n, c in commands.items()}
-    for n in collect.TABLES:
-        for label, run, _, _ in collect.table_rows(n):
+def test_every_table_row_is_trained_and_evaluated_and_shared_runs_are_shared(full_scale):
+    trained = {n: {os.path.basename(flag_values(c)["output_dir"]) for c in cmds if c.startswith("pretrain.py")}
+               for n, cmds in full_scale.items()}
+    evaluated = {n: {flag_values(c)["run_name"].split("__")[0] for c in cmds if "--run_name" in c}
+                 for n, cmds in full_scale.items()}
+    for n in TABLES:
+        for label, run, _, _ in plan.table_rows(n):
             if run is None:
                 continue
-            assert run in evaluated[n], f"table {n}, row {label}: run {run} is not evaluated by table{n}.sh"
-            if run not in ("scratch", "rhobyol_public"):
-                assert run in trained[n], f"table {n}, row {label}: run {run} is not trained by table{n}.sh"
+            assert run.name in evaluated[n], f"table {n}, row {label}: {run.name} is not evaluated"
+            if isinstance(run, plan.Pretraining):
+                assert run.name in trained[n], f"table {n}, row {label}: {run.name} is not trained"
     # The same run directory (trained once, then reused) serves several tables.
-    assert all(collect.CLIP_200 in trained[n] for n in (6, 9, 10, 11))
-    assert all(collect.CLIP_NOPOOL in trained[n] for n in (1, 2, 3, 4))
-    assert all(collect.CLIP_DEFAULT in trained[n] for n in (4, 5, 6, 7, 8))
+    assert all(plan.CLIP_200.name in trained[n] for n in (6, 9, 10, 11))
+    assert all(plan.CLIP_NOPOOL.name in trained[n] for n in (1, 2, 3, 4))
+    assert all(plan.CLIP_DEFAULT.name in trained[n] for n in (4, 5, 6, 7, 8))
+
+
+def test_run_names_spell_out_their_settings():
+    assert plan.CLIP_NOPOOL.name == "iboot_clip_vit_b16_nopool_slow_r50_k400_e100_b104"
+    assert plan.Pretraining("rhobyol", augmentation="paper").name == "rhobyol_paperaug_slow_r50_k400_e100_b104"
+    assert plan.Pretraining(num_clips=1, arch="slow_r101").name == "iboot_clip_vit_b16_nc1_slow_r101_k400_e100_b104"
+    names = [run.name for n in TABLES for _, run, _, _ in plan.table_rows(n) if run is not None]
+    runs = {run for n in TABLES for _, run, _, _ in plan.table_rows(n) if run is not None}
+    assert len({r.name for r in runs}) == len(runs) and names  # different settings, different folders
+
+
+@pytest.mark.slow
+def test_common_sh_launches_torchrun_over_nodes_and_reuses_done_steps(tmp_path):
+    env = dict(FULL_ENV, DRY_RUN="1", RUNS=str(tmp_path), NODE_RANK="1", MASTER_ADDR="node0")
+    proc = run_table(4, env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    commands = [line[2:] for line in proc.stderr.splitlines() if line.startswith("+ ")]
+    assert len(commands) == len(plan.table_steps(4, plan.environment(dict(FULL_ENV, RUNS=str(tmp_path)))))
+    assert all(c.startswith("torchrun --nnodes 2 --nproc_per_node 4 --node_rank 1 --master_addr node0") for c in commands)
+    bad = run_table(2, dict(env, TEACHER_WEIGHTS_DINO_VIT_B16="/w/dino.pth"), timeout=120)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1] == (
+        "error: set TEACHER_WEIGHTS_<NAME> for every teacher of 'dino_vit_b16+clip_vit_b16' or for none")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,7 +130,7 @@ def test_every_table_row_is_trained_by_a_script_and_shared_runs_are_shared(dry_r
 
 def test_paper_numbers_cover_every_cell_and_match_the_paper():
     paper = collect.load_paper()
-    for n, spec in collect.TABLES.items():
+    for n, spec in plan.TABLES.items():
         for label, _, _ in spec["rows"]:
             for column in spec["columns"]:
                 assert (n, label, column) in paper, (n, label, column)
@@ -133,10 +154,10 @@ def write_record(folder, run, value, split="1", metric="top1"):
 
 def test_collect_places_records_averages_splits_and_marks_missing(tmp_path):
     res = str(tmp_path / "results")
-    write_record(res, f"{collect.CLIP_NOPOOL}__knn", 12.34)
-    write_record(res, f"{collect.CLIP_NOPOOL}__knn", 99.0, metric="top5")  # not a top-1: ignored
+    write_record(res, f"{plan.CLIP_NOPOOL.name}__knn", 12.34)
+    write_record(res, f"{plan.CLIP_NOPOOL.name}__knn", 99.0, metric="top5")  # not a top-1: ignored
     for split, v in (("1", 90.0), ("2", 91.0), ("3", 95.0)):  # UCF101 3-split average: 92.0
-        write_record(res, f"{collect.CLIP_200}__ucf_avg", v, split=split)
+        write_record(res, f"{plan.CLIP_200.name}__ucf_avg", v, split=split)
     write_record(res, "someone_else_run", 50.0)  # not a reproduce/ record: ignored
     out = str(tmp_path / "out")
     collect.main(["--results", res, "--runs", str(tmp_path / "none"), "--out", out, "--tables", "1,10",
@@ -181,14 +202,11 @@ def smoke(tmp_path_factory):
     return dict(base=base, out=out, logs=logs, rerun=rerun.stderr, env=env)
 
 
+@pytest.mark.slow
 def test_smoke_tables_fill_their_cells_beside_the_papers(smoke):
     for n in smoke_tables():
         md = (smoke["out"] / f"table{n}.md").read_text()
         df = pd.read_csv(smoke["out"] / f"table{n}.csv", dtype=str, keep_default_na=False)
-        paper = collect.load_paper()
-        for (t, label, column), value in paper.items():
-            if t == n:
-                assert value in md
         ours = df[[c for c in df.columns if c.endswith(" ours")]].to_numpy().ravel()
         # Every cell of a reproduced row holds a top-1 in [0, 100] (smoke mode has stand-ins for
         # IMAGENET_R50 and RHOBYOL_CKPT, so no cell stays missing).
@@ -197,12 +215,13 @@ def test_smoke_tables_fill_their_cells_beside_the_papers(smoke):
         assert values and all(0.0 <= v <= 100.0 for v in values), md
 
 
+@pytest.mark.slow
 def test_smoke_shared_runs_are_not_retrained(smoke):
-    assert "reusing finished run" in smoke["rerun"]
-    assert "pretraining " not in smoke["rerun"].replace("reusing finished run", "")
+    assert "(done)" in smoke["rerun"] and "running " not in smoke["rerun"]
     assert "+ " not in smoke["rerun"]  # no process launched at all on the second call
 
 
+@pytest.mark.slow
 def test_smoke_pngs_are_written(smoke):
     names = [f"table{n}.png" for n in TABLES] + ["loss_curves.png", "knn_vs_epochs.png"]
     for name in names:
@@ -210,6 +229,7 @@ def test_smoke_pngs_are_written(smoke):
         assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
+@pytest.mark.slow
 def test_figure2_writes_an_attention_grid(tmp_path):
     out = tmp_path / "figure2.png"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "reproduce", "figure2.py"), "--teacher", "dino_vit_s16",

@@ -109,6 +109,7 @@ def _in_a_fresh_process(code, hf_home):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_offline_uses_the_library_cache_first(tmp_path):
     """HF_HUB_OFFLINE=1 means "use the cache": weights already in the Hugging Face cache load, with no
     network and no --teacher_weights."""
@@ -128,6 +129,7 @@ def test_offline_uses_the_library_cache_first(tmp_path):
     assert out.returncode == 0 and "loaded from the cache" in out.stdout, out.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["clip_vit_b16", "dino_vit_b16", "swav_r50w2"])
 def test_weights_neither_cached_nor_downloadable_give_one_line(name, tmp_path):
     out = _in_a_fresh_process(f"import cli\ncli.run_cli(lambda a: teachers.build_teacher('{name}'), "

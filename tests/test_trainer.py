@@ -184,6 +184,7 @@ def test_an_evaluation_resumes_only_its_own_model(small_root, capsys):
 # Undecodable videos: counted and listed; a bug is not a bad video
 # ----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_undecodable_videos_are_listed_once_with_their_reason(small_root, tmp_path):
     mixed = tmp_path / "mixed"
     mixed.mkdir()
