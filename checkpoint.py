@@ -28,7 +28,8 @@ _TMP_PREFIX = ".tmp_"
 # Flags that change how a run is watched or where it writes, not what it computes: a run may be
 # resumed with other values for them (every other flag must agree).
 FREE_FLAGS = frozenset({"output_dir", "log_every", "tensorboard", "num_workers", "saveckp_freq", "device",
-                        "knn_eval", "eval_freq", "results_dir", "run_name", "dump_features"})
+                        "knn_eval", "eval_freq", "results_dir", "run_name", "dump_features", "monitor_videos",
+                        "knn_every"})
 
 
 def _new_file_mode():

@@ -228,9 +228,9 @@ def train_classifier(model, train_set, test_set, flags, device):
         if flags.eval_freq and epoch % flags.eval_freq == 0 and epoch < flags.epochs:
             metrics = evaluate_multiview(model, test_set, device, flags)
             state.extra["best"] = _better(state.extra["best"], metrics, epoch)
-            records.print_main(f"epoch {epoch}: test top-1 {metrics['top1']:.2f}% "
-                               f"(best {state.extra['best']['top1']:.2f}%)")
             run.logger.log(kind="test", epoch=epoch, **metrics)
+            return dict(test_top1=metrics["top1"], best_test_top1=state.extra["best"]["top1"])
+        return None
 
     run.fit(step, state, after_epoch=periodic_test)
     metrics = evaluate_multiview(model, test_set, device, flags)

@@ -628,7 +628,8 @@ def eval_loader(dataset, batch_size, num_workers, device):
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), distributed.rank(),
                                                              distributed.world_size()),
-        num_workers=num_workers, collate_fn=collate_skip_bad, pin_memory=device.type == "cuda")
+        num_workers=num_workers, collate_fn=collate_skip_bad, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(0))  # worker seeds from its own generator, not the global one
 
 
 # ----------------------------------------------------------------------------------------------

@@ -81,11 +81,12 @@ def main(args):
     record = None
     for k in flags.nb_knn:
         top1, top5 = knn.knn_accuracy(train_f, train_y, val_f, val_y, k, num_classes, temperature=flags.temperature)
-        records.print_main(f"{k}-NN on {flags.dataset} val: top-1 {top1:.2f}% | top-5 {top5:.2f}%")
+        views = knn.views_label(k, flags.test_clips, flags.test_crops, flags.test_crop_size)
+        records.print_main(f"k-NN top-1 ({views}) on {flags.dataset} val: {top1:.2f}% | top-5 {top5:.2f}%")
         # One record per k; the run name carries k when several are asked for.
         run_name = f"{flags.run_name}_k{k}" if len(flags.nb_knn) > 1 else flags.run_name
         record = protocols.write_eval_record(cli.freeze(flags, run_name=run_name), "knn", "val", top1, top5=top5, k=k,
-                                             num_train=len(train_f), num_videos=len(val_f))
+                                             views=views, num_train=len(train_f), num_videos=len(val_f))
     distributed.cleanup()
     return record
 

@@ -3,9 +3,11 @@ pretrain.py watches during training.
 
     extract_features(encoder, dataset, ...)   L2-normalised pooled features of every video of a test
                                               set (each video once over all ranks), sorted by index
+    DecodedSet(dataset, ...).features(enc)    the same from clips decoded once (pretraining's monitor)
     knn_scores / knn_topk_correct             votes exp(cos / 0.07) of the k nearest training features;
                                               top-1 and top-5 counted as DINO's knn_classifier
-    knn_accuracy(...)                         (top-1 %, top-5 %)
+    knn_accuracy(...) / top1(train, val)      (top-1 %, top-5 %); the top-1 of two encoded sets
+    views_label(k, clips, crops, size)        "k=20, 1 clip x 1 crop of 256": printed beside every k-NN number
 """
 import torch
 import torch.nn.functional as F
@@ -22,42 +24,76 @@ TEMPERATURE = 0.07
 MAX_CHUNK_ELEMENTS = 2 ** 26
 
 
-@torch.no_grad()
-def extract_features(encoder, dataset, device, batch_size, num_workers, precision="fp32", log_every=10,
-                     skipped=None, what="the set"):
-    """L2-normalised pooled features of every decodable video of a mode="test" dataset.
-
-    Returns (features (N, C) float, labels (N,), indices (N,)) sorted by dataset index, on `device`.
-    Under torchrun each process encodes its shard once and the shards are gathered, so every process
-    ends with the whole set, each video exactly once. Undecodable videos are left out and, with a
-    data.SkippedVideos, listed (too many of them stop the run)."""
-    encoder.eval()
-    feats, labels, indices, loaded = [], [], [], 0
-    loader = data.eval_loader(dataset, batch_size, num_workers, device)
+def decoded_batches(dataset, batch_size, num_workers, device, log_every=10, skipped=None, what="the set"):
+    """This rank's decodable videos of a mode="test" dataset, in batches (data.eval_loader). Undecodable
+    videos are left out and, with a data.SkippedVideos, listed (too many of them stop the run)."""
+    loader, loaded = data.eval_loader(dataset, batch_size, num_workers, device), 0
     progress = records.Progress(len(loader), "features", log_every)
     for batch in loader:
-        clips = batch["clips"]  # uint8 (B, V, 3, T, S, S)
-        loaded += len(batch["skipped"]) + clips.shape[0]
+        loaded += len(batch["skipped"]) + batch["clips"].shape[0]
         if skipped is not None:
             skipped.add(batch["skipped"])
-        if clips.shape[0] == 0:
-            continue
+        if batch["clips"].shape[0] > 0:
+            yield batch
+        progress.update()
+    progress.close()
+    if skipped is not None:
+        skipped.end_epoch(loaded, device, what)
+
+
+@torch.no_grad()
+def encode(encoder, batches, device, precision="fp32"):
+    """L2-normalised features of the videos of `batches` (each the mean over its V views of the pooled
+    encoder output), gathered over the ranks: (features (N, C), labels (N,), indices (N,)) sorted by
+    dataset index, every video exactly once."""
+    encoder.eval()
+    feats, labels, indices = [], [], []
+    for batch in batches:
+        clips = batch["clips"]  # uint8 (B, V, 3, T, S, S)
         B, V = clips.shape[:2]
         with precisions.autocast(device, precision):
             f = encoder(augment.student_input(clips.to(device, non_blocking=True).flatten(0, 1)))  # (B*V, C, T)
         feats.append(F.normalize(f.float().mean(dim=2).view(B, V, -1).mean(dim=1), dim=1))
         labels.append(batch["label"].to(device).view(-1).long())
         indices.append(batch["index"].to(device).view(-1).long())
-        progress.update()
-    progress.close()
-    if skipped is not None:
-        skipped.end_epoch(loaded, device, what)
     feats = torch.cat(feats) if feats else torch.zeros(0, encoder.feat_dim, device=device)
     labels, indices = [torch.cat(t) if t else torch.zeros(0, dtype=torch.long, device=device)
                        for t in (labels, indices)]
     feats, labels, indices = [distributed.all_gather_variable(t) for t in (feats, labels, indices)]
     order = indices.argsort()
     return feats[order], labels[order], indices[order]
+
+
+def extract_features(encoder, dataset, device, batch_size, num_workers, precision="fp32", log_every=10,
+                     skipped=None, what="the set"):
+    """encode() of every decodable video of a mode="test" dataset. Under torchrun each process decodes
+    and encodes its shard once and the shards are gathered, so every process ends with the whole set."""
+    batches = decoded_batches(dataset, batch_size, num_workers, device, log_every, skipped, what)
+    return encode(encoder, batches, device, precision)
+
+
+class DecodedSet:
+    """A test set decoded once and kept in memory (uint8: N x V x 3 x T x S x S bytes), so that a
+    training run can measure k-NN every few epochs without decoding it again."""
+
+    def __init__(self, dataset, batch_size, num_workers, device, skipped=None, what="the set"):
+        self.batches = list(decoded_batches(dataset, batch_size, num_workers, device, skipped=skipped, what=what))
+
+    def features(self, encoder, device, precision="fp32"):
+        return encode(encoder, self.batches, device, precision)
+
+
+def views_label(k, test_clips, test_crops, test_crop_size):
+    """How a k-NN number was measured, printed and recorded beside it by every script that reports one."""
+    return (f"k={k}, {test_clips} clip{'s' * (test_clips > 1)} x {test_crops} crop{'s' * (test_crops > 1)} "
+            f"of {test_crop_size}")
+
+
+def top1(train, val, k=20, temperature=TEMPERATURE):
+    """k-NN top-1 (%) of val on train, each (features, labels, indices) as encode() returns them."""
+    (train_f, train_y, _), (val_f, val_y, _) = train, val
+    num_classes = int(max(train_y.max().item(), val_y.max().item())) + 1
+    return knn_accuracy(train_f, train_y, val_f, val_y, k, num_classes, temperature=temperature)[0]
 
 
 @torch.no_grad()
@@ -101,14 +137,3 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, k, nu
     top1, top5 = knn_topk_correct(scores, test_labels, min(k, train_features.shape[0]))
     n = max(1, test_labels.numel())
     return 100.0 * top1 / n, 100.0 * top5 / n
-
-
-def knn_top1_on_sets(encoder, train_set, val_set, device, skipped, k=20, batch_size=16, num_workers=0,
-                     precision="fp32"):
-    """k-NN top-1 (%) of an encoder on two test-mode sets: the quick check pretrain.py runs after training."""
-    train_f, train_y, _ = extract_features(encoder, train_set, device, batch_size, num_workers, precision,
-                                           skipped=skipped, what="the k-NN training set")
-    val_f, val_y, _ = extract_features(encoder, val_set, device, batch_size, num_workers, precision,
-                                       skipped=skipped, what="the k-NN validation set")
-    num_classes = int(max(train_y.max().item(), val_y.max().item())) + 1
-    return knn_accuracy(train_f, train_y, val_f, val_y, k, num_classes)[0]

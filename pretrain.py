@@ -37,6 +37,7 @@ import iboot
 import knn
 import lars
 import models
+import monitors
 import precision
 import records
 import rng
@@ -90,6 +91,9 @@ def get_args_parser():
                    help=f"folder of the videos (and split files); for --dataset synthetic {data.SYNTHETIC_ROOT}")
     g.add_argument("--train_list", default=None,
                    help="list file for kinetics/csv (PySlowFast 'path label' lines, or a CSV path,label)")
+    g.add_argument("--val_list", default=None,
+                   help="validation list for kinetics/csv, read by the learning monitors and the k-NN only "
+                        "(default: the root's val.csv; pretraining itself reads no labels)")
     g.add_argument("--split", default=1, type=int, help="official split for ucf101/hmdb51")
     data.add_bad_video_args(g)
     g.add_argument("--num_frames", type=int, default=None, help="T frames per clip (paper 8)")
@@ -129,8 +133,17 @@ def add_training_args(p):
     g.add_argument("--max_iters_per_epoch", type=int, default=0,
                    help="cut epochs short (smoke tests); 0 = full epochs")
     g.add_argument("--knn_eval", default="auto", choices=["auto", "yes", "no"],
-                   help="after training, k-NN top-1 of the trained and of the random-init encoder "
-                        "on the validation split (auto: yes for synthetic)")
+                   help="after training, k-NN top-1 (eval_knn.py's views) of the trained encoder, of the same "
+                        "encoder at initialisation and of the teacher's frame features, on the validation "
+                        "split (auto: yes for synthetic)")
+
+    g = p.add_argument_group("learning monitors (log.jsonl and the epoch line; no effect on training)")
+    g.add_argument("--monitor_videos", type=int, default=64,
+                   help="every epoch, on this many validation videos: the online features' per-dimension std "
+                        "(0: collapse) and effective rank, and for iBoot the student-teacher cosine (0: off)")
+    g.add_argument("--knn_every", type=int, default=0,
+                   help="online k-NN top-1 (k=20, eval_knn.py's views) of the validation split every N epochs "
+                        "and before the first; the clips are decoded once and kept in memory (0: off)")
     return p
 
 
@@ -138,7 +151,7 @@ def add_training_args(p):
 FLAG_RULES = dict(momentum="[0,1]", epochs=">=1", batch_size_per_gpu=">=1", base_lr=">0", warmup_epochs=">=0",
                   weight_decay=">=0", clip_grad=">=0", saveckp_freq=">=0", log_every=">=1", max_iters_per_epoch=">=0",
                   num_frames=">=1", stride=">=1", crop_size="[32,1024]", num_workers=">=0", seed=">=0",
-                  split=(1, 2, 3), max_skip_share="[0,1]")
+                  split=(1, 2, 3), max_skip_share="[0,1]", monitor_videos=">=0", knn_every=">=0")
 # Weights of the encoder grown this many times beyond their initial norm: the run has diverged (the loss
 # 2 - 2 cos is bounded, so it cannot show it). LARS moves a weight by lr x 0.001 of its norm per step, so
 # the paper's runs change norms by a few times at most; --base_lr 1e6 on slow_tiny took them from 87 to
@@ -255,33 +268,109 @@ def weight_norm(tensors):
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in tensors])).item()
 
 
-def knn_report(objective, initial_state, flags, device):
-    """k-NN top-1 on the validation split: the trained encoder beside the same one at initialisation
-    (and, for iBoot, beside the teacher's own frame features averaged over the clip). Every rank
-    encodes its share of the videos."""
-    # A quick check, not the paper's protocol (eval_knn.py is): the training crop and the centre clip.
-    splits = [data.build_dataset(flags.dataset, root=flags.data_root, split=split, mode="test",
-                                 test_clips=1, test_crops=1, num_frames=flags.num_frames,
-                                 stride=flags.stride, crop_size=flags.crop_size, seed=flags.seed,
-                                 test_crop_size=flags.crop_size, test_spacing="offset")
-              for split in ("train", "val")]
-    random_encoder = copy.deepcopy(objective.encoder)
-    random_encoder.load_state_dict(initial_state)
-    nets = {"trained": objective.encoder, "random_init": random_encoder}
-    if isinstance(objective, iboot.IBoot):
-        nets["teacher"] = teachers.TeacherAsEncoder(objective.teachers[0])
-    skipped = data.SkippedVideos(flags.output_dir, flags.max_skip_share)
-    return {name: knn.knn_top1_on_sets(net, *splits, device=device, skipped=skipped, k=20, batch_size=16,
-                                       num_workers=flags.num_workers, precision=flags.precision)
-            for name, net in nets.items()}
+# ----------------------------------------------------------------------------------------------
+# Learning monitors: what the run is learning, on videos it does not train on
+# ----------------------------------------------------------------------------------------------
+
+KNN_K = 20  # the paper's k (DINO's default)
 
 
-def report_knn(objective, initial_encoder, flags, device, logger):
-    res = knn_report(objective, initial_encoder, flags, device)
-    logger.log(kind="knn", **res)
-    teacher = f" | teacher {flags.teacher} (frame features) {res['teacher']:.1f}%" if "teacher" in res else ""
-    records.print_main(f"k-NN top-1 (k=20) on {flags.dataset} val: trained {res['trained']:.1f}% | "
-                       f"random init {res['random_init']:.1f}%{teacher}")
+def knn_protocol(flags):
+    """The k-NN views of eval_knn.py (protocols.KNN at this run's crop): one clip starting where
+    PySlowFast's test loader starts it, one centre crop of crop x 256 / 224, frames resized to that short
+    side; so pretrain.py's k-NN and eval_knn.py's are one number. Returns (dataset keywords, label)."""
+    test_crop = int(round(flags.crop_size * 256 / 224))
+    return (dict(mode="test", test_clips=1, test_crops=1, test_crop_size=test_crop, test_spacing="uniform"),
+            knn.views_label(KNN_K, 1, 1, test_crop))
+
+
+class LearningMonitor:
+    """After every epoch (and before the first): on a fixed batch of up to --monitor_videos validation
+    videos, the per-dimension std of the online features (a collapse detector: 0 when every video gets
+    the same direction), their effective rank, and for iBoot the cosine between W(f(x)) and the
+    teacher's features of the same clip (raw, and centred over the batch: how much of the variation
+    between videos the student follows); every --knn_every epochs, the online k-NN top-1 of the
+    validation split on the training split. The clips are decoded once and kept in memory."""
+
+    def __init__(self, flags, objective, device, val_set, train_set=None):
+        self.flags, self.objective, self.device, self.first, self.last = flags, objective, device, {}, {}
+        _, self.label = knn_protocol(flags)
+        skipped = data.SkippedVideos(flags.output_dir, flags.max_skip_share)
+        self.val = knn.DecodedSet(val_set, 16, flags.num_workers, device, skipped, "the validation set")
+        self.train = None if train_set is None else knn.DecodedSet(train_set, 16, flags.num_workers, device,
+                                                                    skipped, "the k-NN training set")
+        self.batch = torch.cat([b["clips"][:, 0] for b in self.val.batches])[:flags.monitor_videos]
+        self.targets = None
+        if isinstance(objective, iboot.IBoot):  # the first teacher's features of the same clips, pooled over T
+            self.targets = torch.cat([objective.teacher_features(c.to(device).float().div(255.0))[0].mean(dim=1)
+                                      for c in self.batch.split(16)])
+
+    @torch.no_grad()
+    def knn_top1(self, encoder):
+        return knn.top1(self.train.features(encoder, self.device, self.flags.precision),
+                        self.val.features(encoder, self.device, self.flags.precision), k=KNN_K)
+
+    @torch.no_grad()
+    def __call__(self, epoch, state=None):
+        """The monitors after `epoch` (0: before training), with the network in eval mode."""
+        obj, out = self.objective, {}
+        was_training = obj.training
+        obj.eval()
+        if len(self.batch):
+            feats = torch.cat([obj.encoder(augment.student_input(c.to(self.device))).float().mean(dim=-1)
+                               for c in self.batch.split(16)])
+            out.update(feat_std=monitors.per_dim_std(feats), feat_rank=monitors.effective_rank(feats))
+            if self.targets is not None:
+                online = obj.heads[0](feats)
+                out.update(teacher_cos=monitors.cosine(online, self.targets),
+                           teacher_cos_centred=monitors.centered_cosine(online, self.targets))
+        if self.train is not None and self.flags.knn_every and (epoch % self.flags.knn_every == 0
+                                                                 or epoch == self.flags.epochs):
+            out["knn_top1"] = self.knn_top1(obj.encoder)
+        obj.train(was_training)
+        self.last = dict(out, epoch=epoch)
+        if epoch == 0:
+            self.first = self.last
+        return out
+
+    def report(self, initial_state, logger):
+        """k-NN of the trained encoder and of the same encoder at initialisation (the monitors' of the last
+        epoch and of epoch 0 when they measured them) and, for iBoot, of the teacher's own frame features."""
+        random_encoder = copy.deepcopy(self.objective.encoder)
+        random_encoder.load_state_dict(initial_state)
+        done = self.last.get("epoch") == self.flags.epochs and "knn_top1" in self.last
+        res = dict(trained=self.last["knn_top1"] if done else self.knn_top1(self.objective.encoder),
+                   random_init=self.first.get("knn_top1") or self.knn_top1(random_encoder))
+        if isinstance(self.objective, iboot.IBoot):
+            res["teacher"] = self.knn_top1(teachers.TeacherAsEncoder(self.objective.teachers[0]))
+        logger.log(kind="knn", views=self.label, **res)
+        teacher = f" | teacher {self.flags.teacher} (frame features) {res['teacher']:.1f}%" if "teacher" in res else ""
+        records.print_main(f"k-NN top-1 ({self.label}) on {self.flags.dataset} val: trained {res['trained']:.1f}% | "
+                           f"random init {res['random_init']:.1f}%{teacher}")
+        return res
+
+
+def build_monitor(flags, objective, device):
+    """The LearningMonitor of the run, or None. The monitors read the validation split; a run with no
+    validation list (pretraining needs none) says so and trains without them, unless --knn_every or
+    --knn_eval yes asked for k-NN, which stop the run naming --val_list."""
+    wants_knn = bool(flags.knn_every) or flags.knn_eval == "yes"
+    if not (flags.monitor_videos or wants_knn):
+        return None
+    keywords, _ = knn_protocol(flags)
+    split_set = lambda split, list_file: data.build_dataset(  # noqa: E731
+        flags.dataset, root=flags.data_root, split=split, list_file=list_file, seed=flags.seed,
+        skip_missing=flags.skip_missing, num_frames=flags.num_frames, stride=flags.stride,
+        crop_size=flags.crop_size, **keywords)
+    try:
+        val_set = split_set("val", flags.val_list)
+    except FileNotFoundError as e:
+        if wants_knn:
+            raise
+        records.print_main(f"learning monitors off: {e}")
+        return None
+    train_set = split_set("train", flags.train_list) if wants_knn else None
+    return LearningMonitor(flags, objective, device, val_set, train_set)
 
 
 def main(args):
@@ -297,15 +386,19 @@ def main(args):
                           generators={"gpu_augment": gpu_augment.generator})
     state = run.resume(extra=dict(initial_encoder=copy.deepcopy(objective.encoder.state_dict())))
     run.start(loader.dataset)
+    monitor = build_monitor(flags, objective, device)
     initial_norm = weight_norm(state.extra["initial_encoder"].values())
     records.print_main(
         f"{flags.method} | encoder {flags.arch} | teacher {flags.teacher if flags.method == 'iboot' else '-'} | "
         f"{len(loader.dataset)} videos | {flags.world_size} process(es) on {device} | batch "
         f"{flags.batch_size_per_gpu} per GPU, {flags.global_batch} global | lr {flags.lr:.4g} | "
         f"{flags.precision} | epochs {flags.epochs}")
-    run.fit(make_train_step(model, objective, optimizer, scaler, gpu_augment, flags, device, initial_norm), state)
+    if monitor is not None and state.epoch == 0 and state.iteration == 0:
+        run.logger.log(kind="init", epoch=0, **monitor(0))  # before training: the reference
+    run.fit(make_train_step(model, objective, optimizer, scaler, gpu_augment, flags, device, initial_norm),
+            state, after_epoch=monitor)
     if flags.knn_eval == "yes":
-        report_knn(objective, state.extra["initial_encoder"], flags, device, run.logger)
+        monitor.report(state.extra["initial_encoder"], run.logger)
     run.logger.close()
     distributed.cleanup()
     return objective

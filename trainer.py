@@ -184,8 +184,9 @@ class Trainer:
 
     def fit(self, step, state, after_epoch=None):
         """Train from `state` to the last epoch. after_epoch(epoch, state), if given, runs after each
-        epoch's record and before its checkpoint (a periodic test, monitors). A signal stops the run
-        after its current step with a checkpoint that resumes mid-epoch (cli.Stopped)."""
+        epoch and before its checkpoint (a periodic test, learning monitors); the numbers it returns join
+        the epoch's record and line. A signal stops the run after its current step with a checkpoint
+        that resumes mid-epoch (cli.Stopped)."""
         with self.stop:
             for epoch in range(state.epoch + 1, self.flags.epochs + 1):
                 self._epoch(step, epoch, state, after_epoch)
@@ -197,19 +198,19 @@ class Trainer:
         if first_iter == 0:
             for name, g in self.generators.items():
                 g.manual_seed(rng.derive_seed(self.flags.seed, name, epoch, distributed.rank()))
-        sums = dict(state.sums or dict(n=0.0, loaded=0))
+        sums, started = dict(state.sums or dict(n=0.0, loaded=0)), time.time()
         stopped_at = self._iterations(step, epoch, first_iter, sums)
         if stopped_at is not None:
             state.iteration, state.sums = stopped_at, sums
             self.save(state)
             raise self.stop.stopped(epoch, stopped_at, self.output_dir)
-        stats = self._epoch_stats(epoch, sums)
+        stats = dict(self._epoch_stats(epoch, sums), seconds=time.time() - started)
+        state.epoch, state.iteration, state.sums = epoch, 0, None
+        if after_epoch is not None:
+            stats.update(after_epoch(epoch, state) or {})
         records.print_main(f"epoch {epoch}/{self.flags.epochs}: " + ", ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items() if k != "epoch"))
         self.logger.log(kind="epoch", **stats)
-        state.epoch, state.iteration, state.sums = epoch, 0, None
-        if after_epoch is not None:
-            after_epoch(epoch, state)
         self.save(state)
 
     def _epoch_stats(self, epoch, sums):

@@ -98,12 +98,12 @@ def build_table(number, results, paper):
     return pd.DataFrame(rows)
 
 
-def to_markdown(df, title):
+def to_markdown(df, title, legend=None):
     header = "| " + " | ".join(df.columns) + " |"
     rule = "| " + " | ".join("---" for _ in df.columns) + " |"
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    legend = (f"_ours beside the paper's; {MISSING}: not run yet or failed; {NOT_RUN}: not reproduced here; "
-              f"{NOT_IN_PAPER}: a row we add._")
+    legend = legend or (f"_ours beside the paper's; {MISSING}: not run yet or failed; {NOT_RUN}: not reproduced "
+                        f"here; {NOT_IN_PAPER}: a row we add._")
     return "\n".join([f"### {title}", "", header, rule, *body, "", legend, ""])
 
 
@@ -223,6 +223,139 @@ def plot_knn_vs_epochs(results, path):
     return len(curves)
 
 
+# ----------------------------------------------------------------------------------------------
+# reproduce/mini.sh: iBoot against rhoBYOL at CPU scale, mean ± std over seeds
+# ----------------------------------------------------------------------------------------------
+
+MINI_LABELS = {"iboot": "iBoot", "rhobyol": "ρBYOL"}
+
+
+def read_records(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_mini_runs(folder):
+    """{(method, seed): {"epochs": DataFrame of the init and epoch records, "knn": the closing k-NN
+    record or None, "linear": top-1 or None}} of the <method>_s<seed> runs in folder."""
+    runs = {}
+    for log in sorted(glob.glob(os.path.join(folder, "*_s*", "log.jsonl"))):
+        name = os.path.basename(os.path.dirname(log))
+        method, seed = name.rsplit("_s", 1)
+        recs = read_records(log)
+        epochs = pd.DataFrame([r for r in recs if r.get("kind") in ("init", "epoch")])
+        if epochs.empty:
+            continue
+        epochs = epochs.assign(minutes=epochs.get("seconds", pd.Series(0.0, index=epochs.index)).fillna(0).cumsum() / 60)
+        knn = [r for r in recs if r.get("kind") == "knn"]
+        linear = glob.glob(os.path.join(folder, "results", f"mini_{name}__linear*.json"))
+        runs[(method, int(seed))] = dict(epochs=epochs, knn=knn[-1] if knn else None,
+                                         linear=json.load(open(linear[0]))["value"] if linear else None)
+    return runs
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return MISSING
+    s = pd.Series(values, dtype=float)
+    return f"{s.mean():.1f} ± {s.std(ddof=1) if len(s) > 1 else 0.0:.1f}"
+
+
+def mini_table(runs):
+    """One row per method and per reference (the teacher's frame features, random initialisation): k-NN
+    top-1 after the last epoch (mean ± std over seeds), seeds, epochs, pretraining minutes, last loss,
+    and the linear probe's top-1 when it ran."""
+    rows, linear = [], any(r["linear"] is not None for r in runs.values())
+    order = list(MINI_LABELS)
+    for method in sorted({m for m, _ in runs}, key=lambda m: order.index(m) if m in order else len(order)):
+        group = [r for (m, _), r in sorted(runs.items()) if m == method]
+        last = [r["epochs"].iloc[-1] for r in group]
+        row = {"": MINI_LABELS.get(method, method), "k-NN top-1": _mean_std([x.get("knn_top1") for x in last]),
+               "seeds": len(group), "epochs": int(max(x["epoch"] for x in last)),
+               "minutes": f"{pd.Series([x['minutes'] for x in last]).mean():.1f}",
+               "last loss": f"{pd.Series([x.get('loss') for x in last], dtype=float).mean():.3f}"}
+        rows.append(dict(row, **({"linear top-1": _mean_std([r["linear"] for r in group])} if linear else {})))
+    knn = [r["knn"] for r in runs.values() if r["knn"]]
+    for key, label in (("teacher", "teacher (frame features)"), ("random_init", "random init")):
+        values = [k[key] for k in knn if key in k]
+        if values:
+            row = {"": label, "k-NN top-1": _mean_std(values), "seeds": len(values), "epochs": 0, "minutes": "0.0",
+                   "last loss": "-"}
+            rows.append(dict(row, **({"linear top-1": "-"} if linear else {})))
+    return pd.DataFrame(rows)
+
+
+def plot_mini(runs, path, monitors_path):
+    """k-NN against epochs and against pretraining minutes (mean over seeds, ± std shaded), the teacher and
+    random init as bands; and the monitors against epochs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, method in enumerate(sorted({m for m, _ in runs})):
+        frames = [r["epochs"].set_index("epoch") for (m, _), r in sorted(runs.items()) if m == method]
+        knn = pd.concat([f["knn_top1"] for f in frames if "knn_top1" in f], axis=1)
+        minutes = pd.concat([f["minutes"] for f in frames], axis=1).mean(axis=1)
+        mean, std = knn.mean(axis=1), knn.std(axis=1, ddof=1).fillna(0)
+        for ax, x in zip(axes, (mean.index, minutes.loc[mean.index])):
+            ax.plot(x, mean, color=f"C{i}", label=f"{MINI_LABELS.get(method, method)} ({knn.shape[1]} seeds)")
+            ax.fill_between(x, mean - std, mean + std, color=f"C{i}", alpha=0.2)
+    knn = [r["knn"] for r in runs.values() if r["knn"]]
+    for key, label, colour in (("teacher", "teacher (frame features)", "C2"), ("random_init", "random init", "C7")):
+        values = pd.Series([k[key] for k in knn if key in k], dtype=float)
+        if len(values):
+            for ax in axes:
+                ax.axhspan(values.mean() - values.std(ddof=1 if len(values) > 1 else 0) if len(values) > 1
+                           else values.mean() - 0.3, values.mean() + (values.std(ddof=1) if len(values) > 1 else 0.3),
+                           color=colour, alpha=0.25, label=label)
+    for ax, xlabel in zip(axes, ("pretraining epoch", "pretraining minutes (training steps only)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("k-NN top-1 (%), validation split")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    keys = [("teacher_cos_centred", "student-teacher cosine, centred (iBoot)"),
+            ("feat_std", "per-dimension std of the features (0: collapse)"), ("feat_rank", "effective rank")]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, (key, title) in zip(axes, keys):
+        for i, method in enumerate(sorted({m for m, _ in runs})):
+            for j, ((m, seed), r) in enumerate(sorted(runs.items())):
+                if m == method and key in r["epochs"]:
+                    ax.plot(r["epochs"]["epoch"], r["epochs"][key], color=f"C{i}", alpha=0.8,
+                            label=MINI_LABELS.get(method, method) if j == min(
+                                k for k, ((mm, _), _) in enumerate(sorted(runs.items())) if mm == method) else None)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("pretraining epoch")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(monitors_path, dpi=110)
+    plt.close(fig)
+
+
+def collect_mini(folder, out, plots=True):
+    runs = read_mini_runs(folder)
+    if not runs:
+        raise FileNotFoundError(f"--mini {folder}: no <method>_s<seed>/log.jsonl runs there (run reproduce/mini.sh)")
+    df = mini_table(runs)
+    os.makedirs(out, exist_ok=True)
+    df.to_csv(os.path.join(out, "mini.csv"), index=False)
+    views = next((r["knn"]["views"] for r in runs.values() if r["knn"]), "k=20")
+    md = to_markdown(df, f"iBoot vs ρBYOL at CPU scale: {folder}",
+                     legend=f"_k-NN top-1 ({views}) of the validation split after the last epoch, mean ± std over "
+                            f"seeds; minutes: training steps only, on this machine._")
+    with open(os.path.join(out, "mini.md"), "w") as f:
+        f.write(md)
+    if plots:
+        plot_mini(runs, os.path.join(out, "mini.png"), os.path.join(out, "mini_monitors.png"))
+    print(f"{len(runs)} runs from {folder} -> {out}/mini.md, mini.csv" + (", mini.png, mini_monitors.png" if plots else ""))
+    print(md)
+    return df
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", default=os.environ.get("RUNS", "runs"), help="pretraining runs (log.jsonl)")
@@ -231,7 +364,10 @@ def main(argv=None):
     p.add_argument("--paper", default=os.path.join(HERE, "paper_numbers.csv"), help="the paper's numbers")
     p.add_argument("--tables", default="all", help="comma-separated table numbers, or 'all'")
     p.add_argument("--no_plots", action="store_true")
+    p.add_argument("--mini", default=None, help="a reproduce/mini.sh folder: write mini.md, mini.csv, mini.png instead")
     args = p.parse_args(argv)
+    if args.mini:
+        return collect_mini(args.mini, args.out, plots=not args.no_plots)
     if not os.path.isdir(args.results):
         raise FileNotFoundError(f"--results {args.results}: no such folder (run a reproduce/tableN.sh first)")
     numbers = sorted(TABLES) if args.tables == "all" else [int(t) for t in args.tables.split(",")]

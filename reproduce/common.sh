@@ -32,10 +32,11 @@ export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-$([[ "$SMOKE" == 1 ]] && echo 1 || echo 
 
 log() { echo "[reproduce $(date +%H:%M:%S)] $*" >&2; }
 
-# launch SCRIPT ARGS...: torchrun on every node (the same command; NODE_RANK differs), or python on the CPU.
+# launch SCRIPT ARGS...: torchrun on every node (the same command; NODE_RANK differs), or one python
+# process (SMOKE=1, or LAUNCH=python as reproduce/mini.sh sets it).
 launch() {
     local cmd
-    if [[ "$SMOKE" == 1 ]]; then
+    if [[ "$SMOKE" == 1 || "${LAUNCH:-torchrun}" == python ]]; then
         cmd=("$PYTHON" "$@")
     else
         cmd=(torchrun --nnodes "$NNODES" --nproc_per_node "$GPUS_PER_NODE" --node_rank "$NODE_RANK"
@@ -46,16 +47,22 @@ launch() {
     "${cmd[@]}"
 }
 
-# run_table N TITLE: every step of reproduce/plan.py --table N that has no done-marker yet.
-run_table() {
-    local t0=$SECONDS marker command steps
-    log "Table $1: $2 | $( [[ $SMOKE == 1 ]] && echo 'SMOKE (CPU, synthetic, tiny)' || echo "$NNODES node(s) x $GPUS_PER_NODE GPU(s)")"
-    steps=$("$PYTHON" reproduce/plan.py --table "$1")
+# run_steps: every "done-marker TAB command" line of standard input that has no done-marker yet.
+run_steps() {
+    local marker command
     while IFS=$'\t' read -r marker command; do
         if [[ -f "$marker" ]]; then log "reusing ${marker#"$RUNS"/} (done)"; continue; fi
         log "running ${marker#"$RUNS"/}"
         eval "launch $command"
         [[ "$DRY_RUN" == 1 ]] || { mkdir -p "$(dirname "$marker")"; touch "$marker"; }
-    done <<< "$steps"
+    done
+}
+
+# run_table N TITLE: the steps of reproduce/plan.py --table N.
+run_table() {
+    local t0=$SECONDS steps
+    log "Table $1: $2 | $( [[ $SMOKE == 1 ]] && echo 'SMOKE (CPU, synthetic, tiny)' || echo "$NNODES node(s) x $GPUS_PER_NODE GPU(s)")"
+    steps=$("$PYTHON" reproduce/plan.py --table "$1")
+    run_steps <<< "$steps"
     log "Table $1 done in $((SECONDS - t0)) s; collect with: $PYTHON reproduce/collect.py --runs $RUNS --results $RESULTS"
 }

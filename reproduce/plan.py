@@ -2,6 +2,7 @@
 reproduce/collect.py places in each cell.
 
     python reproduce/plan.py --table 4            the steps of Table 4, one per line: done-marker TAB command
+    python reproduce/plan.py --mini --data_root D the CPU-scale comparison of reproduce/mini.sh
     TABLES                                        each table: title, label columns, {column: evaluation},
                                                   rows (label, run, overrides), extra rows, k-NN curves
     Pretraining(...).name / .flags(env)           a pretraining run: its folder name spells out its settings
@@ -202,6 +203,68 @@ def row_evaluations(number, overrides):
 
 
 # ----------------------------------------------------------------------------------------------
+# The paper's central comparison at CPU scale (reproduce/mini.sh): iBoot against rhoBYOL with the same
+# data, encoder, epochs and batch (Tables 1 and 9), several seeds, k-NN on the validation split after
+# every epoch beside the teacher's own frame features and random initialisation (docs/learning.md)
+# ----------------------------------------------------------------------------------------------
+
+MINI_METHODS = ("iboot", "rhobyol")
+MINI_SEEDS = (0, 1, 2)
+# The CPU-scale recipe (docs/learning.md says how it was chosen and what did not help). Each method keeps
+# its own augmentation (iBoot: the paper's; rhoBYOL: PySlowFast's BYOL recipe) and objective.
+MINI_RECIPE = ["--arch", "slow_tiny", "--teacher", "efficientnet_lite0", "--num_frames", "4", "--stride", "8",
+               "--crop_size", "112", "--batch_size_per_gpu", "8", "--epochs", "30", "--warmup_epochs", "1",
+               "--num_workers", "2", "--knn_every", "1", "--knn_eval", "yes", "--saveckp_freq", "0"]
+MINI_SMOKE = ["--dataset", "synthetic", "--arch", "slow_tiny", "--crop_size", "32", "--num_frames", "3",
+              "--stride", "4", "--batch_size_per_gpu", "4", "--epochs", "2", "--max_iters_per_epoch", "2",
+              "--warmup_epochs", "0", "--num_workers", "0", "--teacher_weights", "random", "--log_every", "1"]
+# The optional linear probe of each run's last checkpoint (--linear): the linear protocol at CPU scale.
+MINI_LINEAR = ["--epochs", "20", "--batch_size_per_gpu", "16", "--lr", "1.0", "--warmup_epochs", "2",
+               "--test_clips", "1", "--test_crops", "1", "--num_workers", "2"]
+
+
+def mini_steps(data_flags, env, seeds=MINI_SEEDS, linear=False):
+    """(done-marker, command) of every run of the comparison, in $RUNS/mini/<data>/<method>_s<seed>;
+    data_flags: the pretrain.py flags that name the data set (--dataset, --data_root, lists)."""
+    smoke = env.get("SMOKE") == "1"
+    data_flags = ["--data_root", env["SMOKE_DATA"]] if smoke else evaluation_data(data_flags)
+    root = flag_value(data_flags, "--data_root") or flag_value(data_flags, "--train_list")
+    if root is None:
+        raise ValueError("mini.sh needs --data_root DIR (and --dataset, --train_list, --val_list as pretrain.py takes them)")
+    folder = os.path.join(env["RUNS"], "mini", "synthetic" if smoke else os.path.basename(os.path.normpath(root)))
+    steps = []
+    for seed in seeds:
+        for method in MINI_METHODS:
+            out = os.path.join(folder, f"{method}_s{seed}")
+            args = (["pretrain.py", "--method", method, "--seed", str(seed), "--output_dir", out] + MINI_RECIPE
+                    + data_flags + (MINI_SMOKE if smoke else []))
+            steps.append((os.path.join(out, "DONE"), args))
+            if linear:
+                args = ["eval_linear.py", "--pretrained", os.path.join(out, "checkpoint.pth"), "--seed", str(seed),
+                        "--run_name", f"mini_{method}_s{seed}__linear", "--output_dir", os.path.join(out, "linear"),
+                        "--results_dir", os.path.join(folder, "results")] + MINI_LINEAR + data_flags
+                steps.append((os.path.join(out, "linear", "DONE"), args + (MINI_SMOKE_EVAL if smoke else [])))
+    return folder, steps
+
+
+MINI_SMOKE_EVAL = ["--dataset", "synthetic", "--crop_size", "32", "--num_frames", "3", "--stride", "4",
+                   "--batch_size_per_gpu", "4", "--epochs", "1", "--max_iters_per_epoch", "2", "--warmup_epochs", "0",
+                   "--num_workers", "0", "--device", "cpu"]
+
+
+def flag_value(flags, name):
+    return flags[flags.index(name) + 1] if name in flags[:-1] else None
+
+
+def evaluation_data(data_flags):
+    """The data flags of pretrain.py and of the evaluations (the same names): --dataset csv unless given."""
+    out = list(data_flags)
+    if "--dataset" not in out:
+        out = ["--dataset", "csv"] + out
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # Smoke mode: the same steps on the CPU, synthetic videos, slow_tiny, random-init teachers
 # ----------------------------------------------------------------------------------------------
 
@@ -374,11 +437,25 @@ def environment(environ):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="The steps of one table: done-marker TAB command, one per line.")
-    p.add_argument("--table", type=int, required=True, choices=sorted(TABLES))
-    args = p.parse_args(argv)
+    p = argparse.ArgumentParser(description="The steps of one table (--table N) or of the CPU-scale comparison "
+                                            "(--mini DATA FLAGS...): done-marker TAB command, one per line; with "
+                                            "--mini the first line is the runs' folder.")
+    p.add_argument("--table", type=int, choices=sorted(TABLES))
+    p.add_argument("--mini", action="store_true", help="reproduce/mini.sh's runs; the other flags name the data")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(MINI_SEEDS), help="--mini: the seeds")
+    p.add_argument("--linear", action="store_true", help="--mini: also a linear probe of each run")
+    args, data_flags = p.parse_known_args(argv)
+    if (args.table is None) == (not args.mini):
+        p.error("give --table N or --mini")
     env = environment(os.environ)
-    for marker, command in table_steps(args.table, env):
+    if args.mini:
+        folder, steps = mini_steps(data_flags, env, args.seeds, args.linear)
+        print(folder)
+    else:
+        if data_flags:
+            p.error(f"unrecognized arguments: {' '.join(data_flags)}")
+        steps = table_steps(args.table, env)
+    for marker, command in steps:
         print(f"{marker}\t{shlex.join(command)}")
 
 

@@ -186,3 +186,26 @@ def test_divergence_stops_the_run(small_root, tmp_path):
                                              r"iteration \d, lr .*: the run diverged; lower --base_lr"):
         run_script(pretrain, PRETRAIN_TINY + ["--data_root", str(small_root / "data"), "--output_dir", str(tmp_path / "d"),
                                          "--base_lr", "1e6", "--max_iters_per_epoch", "8"])
+
+
+@pytest.mark.slow
+def test_pretrain_reports_the_k_nn_of_eval_knn(small_root, tmp_path, capsys):
+    """One name, one protocol: pretrain.py's closing k-NN is eval_knn.py's number on the same checkpoint,
+    printed with the same views; the per-epoch monitors fill the epoch records (and the line)."""
+    import eval_knn
+    out = str(tmp_path / "run")
+    run_script(pretrain, PRETRAIN_TINY + ["--data_root", str(small_root / "data"), "--output_dir", out,
+                                          "--epochs", "2", "--knn_every", "1", "--knn_eval", "yes"])
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("k-NN top-1")][-1]
+    ours = float(printed.split("trained ")[1].split("%")[0])
+    record = run_script(eval_knn, ["--pretrained", os.path.join(out, "checkpoint.pth"), "--output_dir",
+                                   str(tmp_path / "knn"), "--results_dir", str(tmp_path / "res"), "--dataset",
+                                   "synthetic", "--data_root", str(small_root / "data"), "--crop_size", "32",
+                                   "--num_frames", "2", "--stride", "4", "--num_workers", "0"])
+    assert printed.startswith(f"k-NN top-1 ({record['views']}) on synthetic val: trained ")
+    assert ours == pytest.approx(round(record["value"], 1))
+    log = read_log(out)
+    epochs = [r for r in log if r.get("kind") == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2] and [r["epoch"] for r in log if r.get("kind") == "init"] == [0]
+    assert all({"feat_std", "feat_rank", "teacher_cos", "teacher_cos_centred", "knn_top1"} <= set(r) for r in epochs)
+    assert epochs[-1]["knn_top1"] == pytest.approx(record["value"])

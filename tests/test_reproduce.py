@@ -239,3 +239,23 @@ def test_figure2_writes_an_attention_grid(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "2 frames x 6 heads" in proc.stdout  # ViT-S/16: 6 heads
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_smoke_mini_fills_its_table_and_plots(tmp_path):
+    """SMOKE=1 reproduce/mini.sh: iBoot and rhoBYOL for 3 seeds on the synthetic set, then collect.py's
+    mini.md / mini.csv (every cell filled) and the plots."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", SMOKE="1", RUNS=str(tmp_path / "runs"), OUT=str(tmp_path / "out"))
+    proc = subprocess.run(["bash", os.path.join(ROOT, "reproduce", "mini.sh")], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    df = pd.read_csv(tmp_path / "out" / "mini.csv", dtype=str, keep_default_na=False)
+    assert list(df[""]) == ["iBoot", "ρBYOL", "teacher (frame features)", "random init"]
+    assert (df["seeds"].tolist(), df["epochs"].tolist()[:2]) == (["3", "3", "3", "6"], ["2", "2"])
+    assert not (df == collect.MISSING).any().any() and not (df == "").any().any()
+    for name in ("mini.png", "mini_monitors.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    log = [json.loads(line) for line in (tmp_path / "runs" / "mini" / "synthetic" / "rhobyol_s0" / "log.jsonl")
+           .read_text().splitlines()]
+    assert [r["epoch"] for r in log if r.get("kind") in ("init", "epoch")] == [0, 1, 2]
+    assert all("knn_top1" in r and "feat_std" in r for r in log if r.get("kind") in ("init", "epoch"))
