@@ -3,6 +3,7 @@
     read_frames(path, plan)   open a video once, decode only what the frames `plan(info)` asks for need
     VideoInfo                 fps, frame count and timestamps of the first video stream
     DECODE_ERRORS             what a broken or unreadable file raises while it is read
+    undecodable_reason(path)  the one definition of a video the project cannot use (scan.py)
     write_video(path, frames) H.264 (or another codec) writer for the synthetic set, tests and benchmarks
 
 Index i of a video is the last frame whose timestamp index is <= i (the first frame if none; past the
@@ -333,6 +334,27 @@ def read_frames(path, plan, max_short_side=None, decode_threads=1, max_extra_fra
     raise UndecodableVideo("decoding failed")
 
 
+# The frames undecodable_reason decodes, spread over the whole length (first and last included).
+SCAN_FRAMES = 5
+MISSING = "missing: no such file"
+
+
+def undecodable_reason(path, num_frames=SCAN_FRAMES):
+    """None when the video can be used, else why not: MISSING when there is no such file, else the
+    error (type: message) that read_frames, the training reader, raises at num_frames frames spread
+    over the whole length. So a zero-byte or garbage file, no video stream, and an mp4 cut short
+    (its index is written last) are undecodable; a file without an index (mkv, webm, avi) cut short
+    decodes up to the cut, as training reads it (clamped to its last frame)."""
+    if not os.path.isfile(path):
+        return MISSING
+    try:
+        read_frames(path, lambda info: np.unique(np.linspace(0, max(info.num_frames - 1, 0), num_frames)
+                                                 .round().astype(int)))
+    except DECODE_ERRORS as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def write_video(path, frames, fps=30, codec="libx264", pix_fmt="yuv420p", options=None, gop_size=None,
                 pts=None):
     """Write uint8 frames (T, H, W, 3) to path (container from the extension), atomically.
@@ -360,3 +382,4 @@ def write_video(path, frames, fps=30, codec="libx264", pix_fmt="yuv420p", option
         for packet in stream.encode():
             out.mux(packet)
     os.replace(tmp, path)
+
