@@ -3,31 +3,21 @@
     python scan.py --dataset kinetics --data_root /data/k400 --list /data/k400/train.csv \
         --num_workers 16 --output k400_train_bad.txt --clean_list k400_train_clean.csv
 
-Each video is read the way training reads it (video.read_frames), at five frames spread over its
-whole length, so a file cut half-way fails here too; a listed file that does not exist is bad too.
+Each video is read the way training reads it, at five frames spread over its whole length
+(video.undecodable_reason, the definition prepare.py uses too): a file that does not exist, does not
+open, or has no decodable frame is bad, and so is an mp4 cut short (it loses its index).
 Writes `path<TAB>reason` per bad video to --output and prints the count; with --clean_list, also the
 list without them as PySlowFast `path label` lines (use it with --dataset kinetics --train_list).
 """
 import argparse
 import os
 
-import numpy as np
 import torch
 
 import cli
 import data
 import records
 import video
-
-
-def scan_video(path, num_frames=5):
-    """None when the video decodes at num_frames frames spread over its length, else the reason."""
-    try:
-        video.read_frames(path, lambda info: np.unique(np.linspace(0, max(info.num_frames - 1, 0), num_frames)
-                                                       .round().astype(int)))
-    except video.DECODE_ERRORS as e:
-        return f"{type(e).__name__}: {e}"
-    return None
 
 
 class VideoScan(torch.utils.data.Dataset):
@@ -38,7 +28,7 @@ class VideoScan(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        return self.paths[i], scan_video(self.paths[i])
+        return self.paths[i], video.undecodable_reason(self.paths[i])
 
 
 def get_args_parser():
@@ -59,9 +49,8 @@ def get_args_parser():
 def main(args):
     cli.check_flags(args, dict(num_workers=">=0", log_every=">=1"))
     videos, _ = data.read_video_list(args.dataset, args.data_root, args.split, args.list, args.official_split)
-    present, missing = data.check_files(videos, skip_missing=True, what=f"{args.dataset} {args.split} list")
-    bad = {p: "missing: no such file" for p in missing}
-    loader = torch.utils.data.DataLoader(VideoScan([p for p, _ in present]), batch_size=8,
+    bad = {}
+    loader = torch.utils.data.DataLoader(VideoScan(list(dict.fromkeys(p for p, _ in videos))), batch_size=8,
                                          num_workers=args.num_workers, collate_fn=list)
     progress = records.Progress(len(loader.dataset), "scan", args.log_every)
     for batch in loader:

@@ -3,7 +3,10 @@
     read_frames(path, plan)   open a video once, decode only what the frames `plan(info)` asks for need
     VideoInfo                 fps, frame count and timestamps of the first video stream
     DECODE_ERRORS             what a broken or unreadable file raises while it is read
+    undecodable_reason(path)  the one definition of a video the project cannot use (scan.py, prepare.py)
     write_video(path, frames) H.264 (or another codec) writer for the synthetic set, tests and benchmarks
+    write_resized(src, dst)   a copy of a video at a smaller short side, H.264 without audio (prepare.py)
+    count_frames(path)        header and fully decoded frame count of a file (prepare.py's verification)
 
 Index i of a video is the last frame whose timestamp index is <= i (the first frame if none; past the
 end, the last frame). read_frames decodes as little as that allows (selective decoding):
@@ -23,6 +26,7 @@ Files whose packets have no timestamps (raw streams), whose decoded frames do no
 timestamps, or that fail part-way are decoded plainly from the start instead (the forward path).
 """
 import bisect
+import math
 import os
 from fractions import Fraction
 
@@ -333,6 +337,31 @@ def read_frames(path, plan, max_short_side=None, decode_threads=1, max_extra_fra
     raise UndecodableVideo("decoding failed")
 
 
+# The frames undecodable_reason decodes, spread over the whole length (first and last included).
+SCAN_FRAMES = 5
+MISSING = "missing: no such file"
+
+
+def undecodable_reason(path, num_frames=SCAN_FRAMES):
+    """None when the video can be used, else why not: MISSING when there is no such file, else the
+    error (type: message) that read_frames, the training reader, raises at num_frames frames spread
+    over the whole length. So a zero-byte or garbage file, no video stream, and an mp4 cut short
+    (its index is written last) are undecodable; a file without an index (mkv, webm, avi) cut short
+    decodes up to the cut, as training reads it (clamped to its last frame)."""
+    if not os.path.isfile(path):
+        return MISSING
+    try:
+        read_frames(path, lambda info: np.unique(np.linspace(0, max(info.num_frames - 1, 0), num_frames)
+                                                 .round().astype(int)))
+    except DECODE_ERRORS as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------
+
 def write_video(path, frames, fps=30, codec="libx264", pix_fmt="yuv420p", options=None, gop_size=None,
                 pts=None):
     """Write uint8 frames (T, H, W, 3) to path (container from the extension), atomically.
@@ -360,3 +389,129 @@ def write_video(path, frames, fps=30, codec="libx264", pix_fmt="yuv420p", option
         for packet in stream.encode():
             out.mux(packet)
     os.replace(tmp, path)
+
+
+# ---- resized copies (prepare.py) ----------------------------------------------------------------
+
+def copy_size(height, width, short_side):
+    """(height, width) of a copy: the short side scaled down to short_side, the other in proportion;
+    never scaled up (a larger picture adds no detail and costs decoding); both even (H.264 4:2:0)."""
+    scale = min(1.0, short_side / min(height, width))
+    return max(2, int(round(height * scale / 2)) * 2), max(2, int(round(width * scale / 2)) * 2)
+
+
+# A copy repeats a frame over a gap in the timestamps, but a jump longer than this is a broken clock,
+# not a pause: the copy stops with an error instead of writing minutes of one frame.
+MAX_GAP_SECONDS = 60
+
+
+def _add_copy_stream(out, size, rate, keyframe_every, crf, preset):
+    """The copy's H.264 stream: one encoder thread (prepare.py runs one process per core), a keyframe
+    at least every keyframe_every seconds (libx264 adds some at scene cuts), 4:2:0."""
+    stream = out.add_stream("libx264", rate=rate)
+    stream.height, stream.width = size
+    stream.pix_fmt = "yuv420p"
+    stream.codec_context.thread_count = 1
+    stream.codec_context.gop_size = max(1, int(round(keyframe_every * rate)))
+    stream.options = {"crf": str(crf), "preset": preset}
+    return stream
+
+
+class _CopyWriter:
+    """Source frames into copy slots: put(frame, slot) holds a frame until the next one shows where it
+    ends (the later of two frames in one slot wins); finish(slots) fills up to the end and flushes."""
+
+    def __init__(self, out, stream, rate):
+        self.out, self.stream, self.rate = out, stream, rate
+        self.held, self.slot = None, 0  # the held frame fills the copy from self.slot on
+
+    def put(self, frame, at):
+        if self.held is not None and at > self.slot:
+            self._emit(at)
+        self.held = frame
+
+    def finish(self, slots):
+        self._emit(slots)
+        self._encode(None)
+        return self.slot
+
+    def _emit(self, until):
+        for k in range(self.slot, until):
+            # BICUBIC: ffmpeg's scale filter default, so the copy looks like the usual ones. reformat copies the
+            # source frame's picture type, which would force libx264's (keyframes where the source had them).
+            picture = self.held.reformat(width=self.stream.width, height=self.stream.height, format="yuv420p",
+                                         interpolation="BICUBIC")
+            picture.pts, picture.time_base = k, 1 / self.rate
+            picture.pict_type = av.video.frame.PictureType.NONE
+            self._encode(picture)
+        self.slot = max(self.slot, until)
+
+    def _encode(self, picture):
+        for packet in self.stream.encode(picture):
+            self.out.mux(packet)
+
+
+def _decoded(container, stream):
+    """The frames of stream, forward; a decode error after some frames ends them there (as read_frames
+    treats a damaged file), before any frame it is raised."""
+    frames, count = container.decode(stream), 0
+    while True:
+        try:
+            frame = next(frames)
+        except StopIteration:
+            return
+        except DECODE_ERRORS:
+            if count == 0:
+                raise
+            return
+        count += 1
+        yield frame
+
+
+def write_resized(src, dst, short_side, fps=None, keyframe_every=2.0, crf=23, preset="medium"):
+    """Decode src forward (one thread) and write dst: mp4, H.264 at copy_size(), fps (default: the
+    source's rate, VideoInfo.fps), no audio. Returns (source, copy) dicts of height, width, fps and
+    frames (decoded from the source; written to the copy), and for the source header_frames and
+    seconds (its decoded length: index of the last frame + 1, over its fps).
+
+    Copy frame k holds the source frame that read_frames would give for the time k / fps: the last one
+    whose time (its index over the source fps) is at or before it, the first frame before the first.
+    So a constant-rate video copied at its own rate keeps every frame at its index, one copied at a
+    third of its rate keeps frames 0, 3, 6, ..., and a variable-rate one becomes constant-rate with the
+    same frame at every index. The copy has round(seconds * fps) frames. A decode error after
+    some frames ends the source there; before any frame it is raised (one of DECODE_ERRORS), as are
+    write errors (an OSError, e.g. ENOSPC, which is an av.error.FFmpegError too)."""
+    with av.open(src, metadata_errors="ignore") as inp, av.open(dst, "w", format="mp4") as out:
+        info = VideoInfo(inp)
+        info.stream.codec_context.thread_count = 1
+        source_rate = Fraction(info.fps).limit_denominator(1001)
+        rate = Fraction(fps).limit_denominator(1001) if fps else source_rate
+        writer, first, last, counter = None, None, -1, 0
+        for counter, frame in enumerate(_decoded(inp, info.stream), 1):
+            index = info.frame_index(frame, counter - 1)
+            if writer is None:
+                first = (frame.height, frame.width)
+                stream = _add_copy_stream(out, copy_size(*first, short_side), rate, keyframe_every, crf, preset)
+                writer = _CopyWriter(out, stream, rate)
+            elif (index - last) / info.fps > MAX_GAP_SECONDS:
+                raise UndecodableVideo(f"timestamps jump {(index - last) / info.fps:.0f} s ahead at frame {counter}")
+            last = max(last, index)
+            writer.put(frame, max(0, math.ceil(index * rate / source_rate)))  # exact: Fractions
+        if writer is None:
+            raise UndecodableVideo("no frame decoded")
+        seconds = (last + 1) / info.fps
+        frames = writer.finish(max(1, int(round(seconds * rate))))
+    source = dict(height=first[0], width=first[1], fps=info.fps, frames=counter,
+                  header_frames=info.num_frames, seconds=seconds)
+    return source, dict(height=stream.height, width=stream.width, fps=float(rate), frames=frames)
+
+
+def count_frames(path):
+    """What a plain forward decode from the start finds in path: {height, width, fps, header_frames,
+    frames (decoded)}; raises one of DECODE_ERRORS, a cut or damaged stream included."""
+    with av.open(path, metadata_errors="ignore") as container:
+        info = VideoInfo(container)
+        info.stream.codec_context.thread_count = 1
+        frames = sum(1 for _ in container.decode(info.stream))
+        return dict(height=info.stream.height, width=info.stream.width, fps=info.fps,
+                    header_frames=info.num_frames, frames=frames)

@@ -3,6 +3,7 @@ users would pick, on the same videos with the same sampling.
 
     python bench/data.py                 # surveillance-fight + three generated Kinetics-like variants
     python bench/data.py --memory        # 1,000 decodes (good and broken files): resident memory
+    python bench/data.py --prepared      # the same clips from sources up to 1080p and from prepare.py's copies
 
 Each method produces the same 3 clips (T=8, tau=8 on a 30 fps time base) of every video, the same
 clip starts for all, and all but the floors augment them the same way (short side 256-320, 224 crop,
@@ -29,9 +30,21 @@ same rendered frames: libx264's default keyframe interval (250 frames) and keyfr
 Time is this process's CPU time (one worker's work; other jobs on a shared machine would distort wall
 time), and methods are interleaved video by video. The last lines give samples/s per core for each
 method and the cores per GPU each needs to feed GPU_SAMPLES_PER_S.
+
+--prepared: ours on the source files and on copies that prepare.py (run as a user runs it, one
+worker) makes of them at the default short side 320, crf 23, preset medium, with a keyframe every 1, 2
+or 4 s or every 250 frames (libx264's default); the same clip starts everywhere, interleaved video by
+video. Sources: generated 10-s 1080p and 720p H.264 videos and one 60-s 720p video (hd_frames: the
+Kinetics-like scene at that resolution; libx264 defaults) and the surveillance-fight clips (320x240 to
+1920x1080, with audio). prepare.py's cost is the CPU time of its process and worker, less that of
+`prepare.py --help` (start-up: imports), per minute of source video; break-even is that cost over the
+CPU time the copy saves per epoch (one sample per video).
 """
 import argparse
+import json
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -90,6 +103,51 @@ def kinetics_like_videos(folder, count, seconds=10, width=340, height=256, fps=3
                 video.write_video(path, frames, fps=fps, gop_size=keyint)
             out[name].append(path)
     return out
+
+
+def hd_frames(rng, height, width, num_frames):
+    """render_kinetics_like's scene (a panning textured scene, moving objects, sensor noise) at any
+    resolution: texture detail and motion scale with the height (256 the reference), so a video is the
+    same scene at every resolution (with libx264's defaults 5.9 Mbit/s at 1080p, 2.7 at 720p, measured).
+    Frames are made one at a time, so a 10-s 1080p video never sits in memory whole."""
+    k = height / 256
+    small = torch.from_numpy(rng.uniform(0, 255, (1, 3, height // 6 + 8, width // 6 + 8)).astype(np.float32))
+    texture = torch.nn.functional.interpolate(small, scale_factor=6, mode="bicubic", align_corners=False)[0]
+    fine = torch.from_numpy(rng.normal(0, 18, (1, 3, int(texture.shape[1] / k) + 2, int(texture.shape[2] / k) + 2))
+                            .astype(np.float32))  # fine detail at 256p density, enlarged
+    fine = torch.nn.functional.interpolate(fine, size=texture.shape[1:], mode="bicubic", align_corners=False)[0]
+    texture = (texture.clamp(0, 255) + fine).permute(1, 2, 0).numpy()
+    vy, vx = rng.uniform(-1.5, 1.5) * k, rng.uniform(-2.5, 2.5) * k
+    discs = [dict(colour=rng.uniform(0, 255, 3), r=rng.uniform(0.1, 0.16) * height, y=rng.uniform(0, height),
+                  x=rng.uniform(0, width), vy=rng.uniform(-3, 3) * k, vx=rng.uniform(-3, 3) * k) for _ in range(2)]
+    yy, xx = np.ogrid[0:height, 0:width]
+    for t in range(num_frames):
+        frame = np.roll(texture, (int(round(t * vy)), int(round(t * vx))), axis=(0, 1))[:height, :width].copy()
+        for d in discs:
+            dy = (yy - (d["y"] + d["vy"] * t) + height / 2) % height - height / 2
+            dx = (xx - (d["x"] + d["vx"] * t) + width / 2) % width - width / 2
+            frame[dy * dy + dx * dx < d["r"] ** 2] = d["colour"]
+        frame += rng.standard_normal((height, width, 3), dtype=np.float32) * 3
+        yield np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def hd_videos(folder, count, height, width, seconds=10, fps=30):
+    """count generated H.264 videos of height x width (libx264 defaults, as the Kinetics-like ones),
+    cached in folder/hd<height>_<seconds>s; video i has the same scene at every resolution."""
+    paths = []
+    for i in range(count):
+        path = os.path.join(folder, f"hd{height}_{seconds}s", f"v{i:02d}.mp4")
+        if not os.path.isfile(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with av.open(path + ".part", "w", format="mp4") as out:
+                stream = out.add_stream("libx264", rate=fps)
+                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+                for frame in hd_frames(np.random.default_rng(2000 + i), height, width, seconds * fps):
+                    out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+                out.mux(stream.encode())
+            os.replace(path + ".part", path)
+        paths.append(path)
+    return paths
 
 
 def crop_views(ds, frames, plans, offset, rng):
@@ -282,6 +340,100 @@ def print_tables(rows, names, ds):
         print(f"{set_name:44s}" + "".join(f"{c:>15s}" for c in cells))
 
 
+# ---- --prepared: sources against prepare.py's copies ------------------------------------------
+
+# (label, seconds between keyframes) of the copies; 250 frames is libx264's default, at 30 fps.
+KEYFRAME_INTERVALS = (("1 s", 1.0), ("2 s", 2.0), ("4 s", 4.0), ("250 fr", 250 / 30))
+DEFAULT_INTERVAL = "2 s"  # prepare.py's --keyframe_every
+
+
+def children_cpu():
+    """CPU seconds of this process's finished children (and theirs: prepare.py's workers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_prepare(paths, folder, keyframe_every):
+    """prepare.py over paths into folder, one worker, as a user runs it. Returns ({source: copy},
+    CPU seconds of its processes, minutes of source video, MB of the copies)."""
+    listed = os.path.join(folder, "sources.txt")
+    with open(listed, "w") as f:
+        f.writelines(f"{p} 0\n" for p in paths)
+    command = [sys.executable, os.path.join(REPO, "prepare.py"), "--list", listed, "--num_workers", "1",
+               "--output_dir", os.path.join(folder, "copy"), "--keyframe_every", str(keyframe_every)]
+    start = children_cpu()
+    done = subprocess.run(command, capture_output=True, text=True)
+    cpu = children_cpu() - start
+    if done.returncode:
+        raise RuntimeError(f"prepare.py failed: {done.stderr.strip().splitlines()[-1:]}")
+    with open(os.path.join(folder, "copy", "train_manifest.json")) as f:
+        done = [r for r in json.load(f)["records"] if "copy" in r]
+    copies = {r["source"]["path"]: os.path.join(folder, "copy", r["copy"]["path"]) for r in done}
+    return copies, cpu, sum(r["source"]["seconds"] for r in done) / 60, sum(r["copy"]["size"] for r in done) / 1e6
+
+
+def startup_cpu():
+    """CPU seconds of starting prepare.py (interpreter and imports): `prepare.py --help`, best of 3."""
+    costs = []
+    for _ in range(3):
+        start = children_cpu()
+        subprocess.run([sys.executable, os.path.join(REPO, "prepare.py"), "--help"], check=True, capture_output=True)
+        costs.append(children_cpu() - start)
+    return min(costs)
+
+
+def prepared_row(paths, repeats, ds, startup):
+    """samples/s per core on the sources and on each copy; MB per video-minute of each copy; prepare.py's
+    CPU seconds per video-minute and break-even epochs at the default keyframe interval."""
+    paths = [os.path.abspath(p) for p in paths]
+    methods, row = [("source", ours_sample)], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, seconds in KEYFRAME_INTERVALS:
+            folder = os.path.join(tmp, label.replace(" ", ""))
+            os.makedirs(folder)
+            copies, cpu, minutes, mb = run_prepare(paths, folder, seconds)
+            missing = [p for p in paths if p not in copies]
+            if missing:
+                raise RuntimeError(f"prepare.py left out {len(missing)} videos, first {missing[0]}")
+            row[label] = dict(cost=(cpu - startup) / minutes, mb=mb / minutes)
+            methods.append((label, lambda p, d, r, c=copies: ours_sample(c[p], d, r)))
+        rates = bench(paths, repeats, ds, methods)
+    row.update({name: dict(row.get(name, {}), rate=rate / ds.num_clips) for name, rate in rates.items()})
+    before, after = 1 / row["source"]["rate"], 1 / row[DEFAULT_INTERVAL]["rate"]  # CPU s per sample
+    row["break_even"] = row[DEFAULT_INTERVAL]["cost"] * minutes / len(paths) / (before - after)
+    return row
+
+
+def print_prepared(rows):
+    labels = [label for label, _ in KEYFRAME_INTERVALS]
+    print("samples/s per core (ours, 3 clips T=8 tau=8, 224 crops) on the sources and on prepare.py's copies "
+          "(short side 320, keyframe every 1 s / 2 s / 4 s / 250 frames); MB per video-minute of each copy")
+    print(f"{'videos':46s}{'source':>8s}" + "".join(f"{x:>8s}" for x in labels * 2))
+    for name, r in rows:
+        print(f"{name:46s}{r['source']['rate']:8.2f}" + "".join(f"{r[x]['rate']:8.2f}" for x in labels)
+              + "".join(f"{r[x]['mb']:8.2f}" for x in labels))
+    print(f"at the default keyframe interval ({DEFAULT_INTERVAL}): samples/s per core before -> after, prepare.py "
+          f"CPU s per video-minute, break-even in epochs")
+    for name, r in rows:
+        d, before = r[DEFAULT_INTERVAL], r["source"]["rate"]
+        print(f"{name:46s}{before:7.2f} -> {d['rate']:6.2f} ({d['rate'] / before:4.2f}x)  prepare {d['cost']:5.1f} "
+              f"CPU s per video-minute  break-even {r['break_even']:5.1f} epochs")
+
+
+def prepared_main(args, fight):
+    ds = data.VideoDataset([], num_clips=3, num_frames=8, stride=8, crop_size=224, mode="train")
+    sets = [(f"generated {h}p ({args.num_hd} x 10 s, 30 fps)", hd_videos(args.cache, args.num_hd, h, w))
+            for h, w in ((1080, 1920), (720, 1280))]
+    sets.append(("generated 720p (1 x 60 s, 30 fps)", hd_videos(args.cache, 1, 720, 1280, seconds=60)))
+    if fight:
+        sets.append((f"surveillance-fight ({len(fight)} clips, 320x240..1080p)", fight))
+    else:
+        print(f"skipping surveillance-fight: no {os.path.join(args.fight_dir, 'labels.csv')}")
+    startup = startup_cpu()
+    print(f"prepare.py start-up (subtracted): {startup:.2f} CPU s")
+    print_prepared([(name, prepared_row(paths, args.repeats, ds, startup)) for name, paths in sets])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--fight_dir", default=os.path.join(REPO, "..", "shared", "data", "surveillance-fight"),
@@ -292,15 +444,19 @@ def main():
     p.add_argument("--repeats", type=int, default=3, help="passes over each video set")
     p.add_argument("--memory", action="store_true", help="run the 1,000-decode memory check instead")
     p.add_argument("--decodes", type=int, default=1000)
+    p.add_argument("--prepared", action="store_true", help="sources up to 1080p against prepare.py's copies instead")
+    p.add_argument("--num_hd", type=int, default=3, help="generated 10-s videos per resolution for --prepared")
     args = p.parse_args()
     torch.set_num_threads(1)  # one data-loader worker (DataLoader workers run single-threaded)
 
-    kinetics = kinetics_like_videos(args.cache, args.num_kinetics)
     fight_csv = os.path.join(args.fight_dir, "labels.csv")
     fight = []
     if os.path.isfile(fight_csv):
         videos, _ = data.read_csv_list(fight_csv)
         fight = [v for v, _ in videos[:: max(1, len(videos) // args.num_fight)]][: args.num_fight]
+    if args.prepared:
+        return prepared_main(args, fight)
+    kinetics = kinetics_like_videos(args.cache, args.num_kinetics)
 
     if args.memory:
         start, end, peak, skipped, trace = memory_run(fight + kinetics[KINETICS_VARIANTS[0][0]], args.decodes)

@@ -4,7 +4,7 @@ import glob
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = {"pretrain", "eval_linear", "eval_knn", "finetune", "semisup", "export", "scan"}
+SCRIPTS = {"pretrain", "eval_linear", "eval_knn", "finetune", "semisup", "export", "scan", "prepare"}
 SOURCES = sorted(glob.glob(os.path.join(ROOT, "*.py")) + glob.glob(os.path.join(ROOT, "reproduce", "*.py"))
                  + glob.glob(os.path.join(ROOT, "bench", "*.py")))
 
