@@ -1,6 +1,6 @@
 """checkpoint.py: atomic files, run fingerprints and resume checks, weight-file formats; loading runs no
 code from a file (crafted files are refused naming the global they ask for, --trust_checkpoint loads
-them after a warning), safetensors files."""
+them after a warning), safetensors files, and the published layouts the project reads."""
 import argparse
 import collections
 import io
@@ -325,3 +325,68 @@ def test_the_command_line_prints_the_one_line_and_exits_2(small_root, tmp_path):
                                        f"code from the file: it asks for {os.system.__module__}.system. Pass "
                                        f"--trust_checkpoint to load it only if you trust where it comes from"]
 
+
+# ----------------------------------------------------------------------------------------------
+# The published layouts the project reads load without full unpickling
+# ----------------------------------------------------------------------------------------------
+
+def randomised(module):
+    """A module's state dict with distinct values everywhere (BN statistics too), so that a tensor in
+    the wrong place shows."""
+    torch.manual_seed(0)
+    for v in module.state_dict().values():
+        if v.is_floating_point():
+            v.copy_(torch.rand_like(v) + 0.5)
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_pyslowfast_checkpoint_layout_loads(tmp_path):
+    """slowfast/utils/checkpoint.py save_checkpoint: {"epoch", "model_state", "optimizer_state",
+    "cfg": cfg.dump() (the YAML text of the config), "scaler_state"}, the head beside the backbone."""
+    import models
+    source = models.build_encoder("slow_small")
+    weights = randomised(source)
+    model_state = dict(models.pyslowfast_state_dict(weights))
+    model_state.update({"head.projection.weight": torch.randn(400, 1024), "head.projection.bias": torch.zeros(400)})
+    params = [torch.nn.Parameter(torch.randn(3)) for _ in range(2)]
+    sgd = torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    sum(p.sum() for p in params).backward()
+    sgd.step()  # momentum buffers in its state
+    torch.save({"epoch": 200, "model_state": model_state, "optimizer_state": sgd.state_dict(),
+                "cfg": "MODEL:\n  ARCH: slow\n  NUM_CLASSES: 400\nRESNET:\n  DEPTH: 50\n",
+                "scaler_state": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                                 "_growth_tracker": 0}}, tmp_path / "checkpoint_epoch_00200.pyth")
+    encoder, fields = models.load_backbone(str(tmp_path / "checkpoint_epoch_00200.pyth"), "slow_small")
+    assert all(torch.equal(encoder.state_dict()[k], v) for k, v in weights.items())
+    assert (fields["method"], fields["pretrain_epochs"]) == ("pyslowfast", 200)
+
+
+@pytest.mark.parametrize("layout", ["torchvision", "dino", "torchvision_legacy_pickle"])
+def test_torchvision_and_dino_resnet50_files_load(layout, tmp_path):
+    """torchvision's resnet50 file (a state dict with the 1000-way fc), DINO's dino_resnet50_pretrain.pth
+    (the same without fc: DINO's backbone has none) and a file of torch < 1.6 (a plain pickle, not a zip)."""
+    import models
+    import torchvision
+    sd = randomised(torchvision.models.resnet50())
+    if layout == "dino":
+        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    path = tmp_path / "resnet50.pth"
+    torch.save(sd, path, _use_new_zipfile_serialization=layout != "torchvision_legacy_pickle")
+    encoder = models.load_pretrained(str(path), arch="slow_r50", inflate_mode="center")
+    assert torch.equal(encoder.layer3[5].conv1.weight[:, :, 1], sd["layer3.5.conv1.weight"])
+    assert torch.equal(encoder.layer4[2].bn3.running_var, sd["layer4.2.bn3.running_var"])
+
+
+@pytest.mark.parametrize("file_name", ["pytorch_model.bin", "model.safetensors"])
+def test_timm_resnet50_files_load(file_name, tmp_path):
+    """timm's published weights: a state dict as pytorch_model.bin (torch.save) or model.safetensors
+    (the hub's files); its ResNet-50 names its tensors as torchvision does, so it inflates like one."""
+    import compat
+    import models
+    from safetensors.torch import save_file
+    sd = randomised(compat.import_timm().create_model("resnet50"))
+    path = tmp_path / file_name
+    save_file(sd, str(path)) if file_name.endswith(".safetensors") else torch.save(sd, path)
+    encoder = models.load_pretrained(str(path), arch="slow_r50")
+    torch.testing.assert_close(encoder.layer3[0].conv1.weight[:, :, 0], sd["layer3.0.conv1.weight"] / 3)
+    assert torch.equal(encoder.bn1.running_mean, sd["bn1.running_mean"])
