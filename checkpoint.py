@@ -148,11 +148,12 @@ def add_trust_arg(parser):
 
 
 class UnsafeCheckpoint(cli.SetupError):
-    """A file that loads only with full unpickling: `names` are the globals (classes, functions) it asks for."""
+    """A file that loads only with full unpickling: `names` are the globals (classes, functions) it asks
+    for, `asks` says so in words ("it asks for posix.system")."""
 
-    def __init__(self, message, path, names):
+    def __init__(self, message, path, names, asks):
         super().__init__(message)
-        self.path, self.names = path, names
+        self.path, self.names, self.asks = path, names, asks
 
 
 def unsafe_entry(obj, where="checkpoint"):
@@ -250,7 +251,7 @@ def load(path, map_location="cpu", trust=False, flag=None):
         earlier = ", as checkpoints of earlier iboot versions do" if is_numpy_only(names) else ""
         raise UnsafeCheckpoint(f"{label} loads only with full unpickling, which can run code from the file: "
                                f"{what}{earlier}. Pass {TRUST_FLAG} to load it only if you trust where it comes "
-                               f"from", path, names)
+                               f"from", path, names, what)
     if distributed.is_main():
         print(f"warning: {TRUST_FLAG}: loading {label} with full unpickling ({what}); a file loaded so can run "
               f"any code it holds", file=sys.stderr, flush=True)
@@ -333,16 +334,16 @@ def check_resumable(path, fingerprint, trust=False):
     try:
         ckpt = load(path, trust=trust)
     except UnsafeCheckpoint as e:
-        name, asks = os.path.basename(path), _asks_for(e.names, e)
+        name, asks = os.path.basename(path), e.asks
         if is_numpy_only(e.names):
             raise UnsafeCheckpoint(
                 f"--output_dir {folder} holds {name} in the format of earlier iboot versions, which loads only "
                 f"with full unpickling ({asks}), and so could run code. To go on: start the run in another "
                 f"--output_dir, or, if you wrote this checkpoint, run the same command once with {TRUST_FLAG}: "
-                f"the run resumes and its checkpoints load safely from then on", path, e.names) from None
+                f"the run resumes and its checkpoints load safely from then on", path, e.names, asks) from None
         raise UnsafeCheckpoint(f"--output_dir {folder} holds {name}, which loads only with full unpickling, which "
                                f"can run code from the file: {asks}. Pass another --output_dir, or {TRUST_FLAG} only "
-                               f"if you trust where that file comes from", path, e.names) from None
+                               f"if you trust where that file comes from", path, e.names, asks) from None
     if not isinstance(ckpt, dict) or "fingerprint" not in ckpt:
         raise ValueError(f"--output_dir {folder} holds {os.path.basename(path)} without a run fingerprint "
                          f"(not written by this version of iboot); pass another --output_dir")

@@ -187,6 +187,19 @@ def test_a_pickle_the_weights_only_unpickler_cannot_read_names_its_instruction(t
     assert checkpoint.load(str(path), trust=True)["note"] == "x"
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")
+def test_resume_names_what_a_run_checkpoint_asks_for_once(tmp_path):
+    """A checkpoint.pth that no weights-only load reads and names no global: the resume line says what
+    it uses, once, without the load's own message inside it."""
+    torch.save({"epoch": 1, "fingerprint": {}}, tmp_path / "checkpoint.pth", pickle_protocol=4)
+    with pytest.raises(checkpoint.UnsafeCheckpoint) as e:
+        checkpoint.resume_run(str(tmp_path), {})
+    assert str(e.value) == (f"--output_dir {tmp_path} holds checkpoint.pth, which loads only with full unpickling, "
+                            f"which can run code from the file: its pickle uses opcode 149 (FRAME), which a "
+                            f"weights-only load does not read. Pass another --output_dir, or --trust_checkpoint only "
+                            f"if you trust where that file comes from")
+
+
 def test_damaged_and_foreign_files_are_one_line_naming_them(tmp_path):
     good = tmp_path / "good.pth"
     torch.save({"w": torch.zeros(1000)}, good)
