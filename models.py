@@ -39,9 +39,11 @@ initialisation from 2D ImageNet weights, and import of PySlowFast checkpoints.
   ("module.") prefixes.
 - `pyslowfast_state_dict(sd)`: ours -> PySlowFast names (the export; the inverse of the import).
 - `load_encoder_weights(model, path_or_checkpoint, fmt="auto")`: iboot / PySlowFast / torchvision 2D /
-  raw encoder weights into a built encoder.
-- `load_pretrained(path_or_checkpoint, arch=None)`: the encoder of a pretrain.py checkpoint, built with
-  the architecture recorded in it (or of a PySlowFast / torchvision / raw file, given `arch`).
+  raw encoder weights into a built encoder. Files are read by checkpoint.load: tensors, numbers,
+  strings, lists and dicts only (or safetensors), unless `trust` (--trust_checkpoint).
+- `load_pretrained(path_or_checkpoint, arch=None)`: the encoder of a pretrain.py checkpoint or of
+  export.py's encoder.safetensors, built with the architecture recorded in it (or of a PySlowFast /
+  torchvision / raw file, given `arch`).
 - `load_backbone(pretrained, arch, fmt, inflation)`: an evaluation's encoder ("scratch" or a weights file)
   and the record fields the file implies (arch, method, teacher, pretraining data and epochs).
 - `count_flops(model, input_shape)`: multiply-adds (torch's FlopCounterMode, run on meta tensors so even
@@ -336,15 +338,16 @@ def pyslowfast_state_dict(sd):
     return out
 
 
-def load_encoder_weights(model, path_or_checkpoint, fmt="auto", inflate_mode="mean"):
+def load_encoder_weights(model, path_or_checkpoint, fmt="auto", inflate_mode="mean", trust=False, flag=None):
     """Load encoder weights into `model` (in place). fmt: "auto", "iboot" (a pretrain.py checkpoint,
     weights under "encoder"), "pyslowfast", "torchvision" (2D ResNet, inflated) or "raw" (our own
-    state dict). Anything but an exact match of every tensor raises a ValueError naming the source."""
+    state dict). Anything but an exact match of every tensor raises a ValueError naming the source.
+    A path is read by checkpoint.load(path, trust=trust, flag=flag) (flag: the flag that named it)."""
     if fmt not in checkpoint.FORMATS:
         raise ValueError(f"unknown weights format {fmt!r}; choose from {checkpoint.FORMATS}")
     if isinstance(path_or_checkpoint, (str, os.PathLike)):
         source = str(path_or_checkpoint)
-        obj = checkpoint.load(source)  # FileNotFoundError / ValueError naming the file
+        obj = checkpoint.load(source, trust=trust, flag=flag)  # FileNotFoundError / ValueError naming the file
     else:
         source, obj = "state dict", path_or_checkpoint
     if fmt == "auto":
@@ -367,18 +370,19 @@ def load_encoder_weights(model, path_or_checkpoint, fmt="auto", inflate_mode="me
     model.load_state_dict(_check_and_complete(sd, model, source), strict=True)
 
 
-def load_pretrained(path_or_checkpoint, arch=None, fmt="auto", inflate_mode="mean"):
+def load_pretrained(path_or_checkpoint, arch=None, fmt="auto", inflate_mode="mean", trust=False):
     """The encoder in a weights file, ready to use:
 
         encoder = models.load_pretrained("runs/iboot_clip/checkpoint.pth")   # arch read from the file
         features = encoder(clips)                                            # (N, 2048, T)
 
-    A pretrain.py checkpoint records its architecture ("encoder_name"); an `arch` that disagrees with
-    it is an error. PySlowFast, torchvision (inflated) and raw state dicts need `arch`."""
+    A pretrain.py checkpoint and export.py's encoder.safetensors record their architecture
+    ("encoder_name"); an `arch` that disagrees with it is an error. PySlowFast, torchvision (inflated)
+    and raw state dicts need `arch`. trust: see checkpoint.load."""
     obj = path_or_checkpoint
     source = str(obj) if isinstance(obj, (str, os.PathLike)) else "checkpoint"
     if isinstance(obj, (str, os.PathLike)):
-        obj = checkpoint.load(source)
+        obj = checkpoint.load(source, trust=trust)
     recorded = obj.get("encoder_name") if isinstance(obj, dict) else None
     if recorded and arch and recorded != arch:
         raise ValueError(f"--arch {arch}: {source} holds a {recorded} encoder; drop --arch or pass --arch {recorded}")
@@ -403,17 +407,18 @@ def pretraining_record(obj):
     return dict(method="init_from_file", teacher="-", pretrain_data="-", pretrain_epochs=0)
 
 
-def load_backbone(pretrained, arch=None, fmt="auto", inflation="mean"):
+def load_backbone(pretrained, arch=None, fmt="auto", inflation="mean", trust=False):
     """(encoder, record fields) of an evaluation's --pretrained: "scratch" (a new `arch`, slow_r50 by
-    default: the supervised rows of Tables 10-11) or a weights file (load_pretrained). The fields:
-    arch, method, teacher, pretrain_data, pretrain_epochs, as far as the file tells them."""
+    default: the supervised rows of Tables 10-11) or a weights file (load_pretrained; trust:
+    --trust_checkpoint). The fields: arch, method, teacher, pretrain_data, pretrain_epochs, as far as
+    the file tells them."""
     if pretrained == "scratch":
         arch = arch or "slow_r50"
         return build_encoder(arch), dict(arch=arch, method="supervised", teacher="-", pretrain_data="-",
                                          pretrain_epochs=0)
     if not os.path.isfile(pretrained):
         raise FileNotFoundError(f"--pretrained: no such file: {pretrained}")
-    obj = checkpoint.load(pretrained)
+    obj = checkpoint.load(pretrained, trust=trust, flag="--pretrained")
     encoder = load_pretrained(obj, arch=arch, fmt=fmt, inflate_mode=inflation)
     arch = (obj.get("encoder_name") if isinstance(obj, dict) else None) or arch
     records.print_main(f"loaded {pretrained} into {arch}: every tensor matched")

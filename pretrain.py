@@ -83,6 +83,7 @@ def get_args_parser():
                    help="'scratch', or a file to start from: a torchvision-layout 2D ResNet state dict "
                         "(inflated, Table 9), a PySlowFast checkpoint or an iboot checkpoint")
     models.add_inflation_arg(g, "--init")
+    checkpoint.add_trust_arg(g)
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="synthetic", choices=data.DATASETS,
@@ -201,7 +202,8 @@ def build_objective(flags):
     torch.manual_seed(rng.derive_seed(flags.seed, "init"))
     encoder = models.build_encoder(flags.arch)
     if flags.init != "scratch":
-        models.load_encoder_weights(encoder, flags.init, inflate_mode=flags.inflation)
+        models.load_encoder_weights(encoder, flags.init, inflate_mode=flags.inflation, trust=flags.trust_checkpoint,
+                                    flag="--init")
     if flags.method == "rhobyol":
         return iboot.RhoBYOL(encoder, momentum=flags.momentum)
     teacher_list = teachers.build_teachers(flags.teacher, weights=flags.teacher_weights)

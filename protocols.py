@@ -76,6 +76,7 @@ def add_eval_args(p, paper_defaults, training=True):
     g.add_argument("--arch", default=None, choices=list(models.ENCODERS),
                    help="encoder: read from a pretrain.py checkpoint; needed for other files (slow_r50 for scratch)")
     models.add_inflation_arg(g, "--pretrained")
+    checkpoint.add_trust_arg(g)
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="kinetics", choices=data.DATASETS,
@@ -236,6 +237,7 @@ def write_eval_record(flags, protocol, split, value, **extra):
 def with_backbone(flags, device=None):
     """(flags, encoder): the encoder of --pretrained (models.load_backbone) and flags whose unset
     record fields (arch, method, teacher, pretrain_data, pretrain_epochs) the weights file fills."""
-    encoder, fields = models.load_backbone(flags.pretrained, flags.arch, flags.pretrained_format, flags.inflation)
+    encoder, fields = models.load_backbone(flags.pretrained, flags.arch, flags.pretrained_format, flags.inflation,
+                                           trust=flags.trust_checkpoint)
     filled = {k: v for k, v in fields.items() if getattr(flags, k) is None}
     return cli.freeze(flags, **filled), (encoder if device is None else encoder.to(device))

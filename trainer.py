@@ -124,7 +124,7 @@ class RunState:
 class Trainer:
     """A training run. Reads the flags output_dir, epochs, lr, warmup_epochs, warmup_start_lr (0 if
     absent), max_iters_per_epoch, seed, log_every, max_skip_share, saveckp_freq (0 if absent:
-    keep only the latest checkpoint) and tensorboard (off if absent).
+    keep only the latest checkpoint), tensorboard and trust_checkpoint (off if absent).
 
     module: what trains (put in train mode each epoch; DDP-wrapped or not); state_dict() -> the
     entries of the checkpoint that hold the weights, load_state_dict(ckpt) puts them back;
@@ -151,7 +151,8 @@ class Trainer:
         """The RunState of --output_dir's checkpoint (weights, optimiser and random state restored), or
         a fresh one with `extra` ({entry: value of a new run}) when there is none."""
         extra = dict(extra or {})
-        ckpt = checkpoint.resume_run(self.output_dir, self.fingerprint, self.generators)
+        ckpt = checkpoint.resume_run(self.output_dir, self.fingerprint, self.generators,
+                                     trust=getattr(self.flags, "trust_checkpoint", False))
         if ckpt is None:
             return RunState(extra=extra)
         self.load_state_dict(ckpt)

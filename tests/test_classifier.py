@@ -136,7 +136,7 @@ def test_linear_probe_on_separable_features(tmp_path):
     # Frozen backbone in eval mode: neither its weights nor its batch-norm statistics moved.
     for k, v in encoder.bn.state_dict().items():
         assert torch.equal(v, bn_before[k]), k
-    ckpt = torch.load(os.path.join(tmp_path, "probe", "checkpoint.pth"), weights_only=False)
+    ckpt = torch.load(os.path.join(tmp_path, "probe", "checkpoint.pth"), weights_only=True)
     assert ckpt["epoch"] == 10
 
 

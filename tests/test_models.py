@@ -1,5 +1,6 @@
 """models.py against published numbers (PyTorchVideo / PySlowFast model zoo, torchvision), a 2D
 ResNet run frame by frame (inflation) and PySlowFast's key naming written out independently here."""
+import json
 import re
 
 import pytest
@@ -9,6 +10,7 @@ from torch import nn
 
 import torchvision  # noqa: E402
 
+import checkpoint  # noqa: E402
 import models  # noqa: E402
 
 # Published figures.
@@ -349,24 +351,33 @@ def test_load_pretrained_reads_the_architecture_from_the_checkpoint(tmp_path):
 
 
 def test_export_loads_back_through_the_pyslowfast_import(tmp_path):
-    """export.py writes the encoder as a plain state dict and under PySlowFast's names; both load back
-    with every tensor in place and give the same features."""
-    import argparse
+    """export.py writes the encoder as a plain state dict, as safetensors and under PySlowFast's names;
+    all three load back with every tensor in place and give the same features, and the safetensors file
+    names its architecture and the source's pretraining without any pickle."""
     import export
+    from helpers import run_script
     torch.manual_seed(0)
     source = models.build_encoder("slow_small")
     for v in source.state_dict().values():  # BN statistics too, so that every tensor is checked
         if v.is_floating_point():
             v.copy_(torch.randn_like(v).abs() + 0.1)
-    torch.save({"encoder": source.state_dict(), "encoder_name": "slow_small", "epoch": 7}, tmp_path / "ckpt.pth")
-    plain, psf = export.main(argparse.Namespace(pretrained=str(tmp_path / "ckpt.pth"), arch=None, inflation="mean",
-                                                output_dir=str(tmp_path / "out")))
-    saved = torch.load(psf)
+    ckpt = {"encoder": source.state_dict(), "encoder_name": "slow_small", "epoch": 7,
+            "args": {"method": "iboot", "teacher": "dino_vit_s16", "dataset": "kinetics", "epochs": 100}}
+    torch.save(ckpt, tmp_path / "ckpt.pth")
+    plain, psf = run_script(export, ["--pretrained", str(tmp_path / "ckpt.pth"), "--output_dir", str(tmp_path / "out")])
+    safe = str(tmp_path / "out" / "encoder.safetensors")
+    saved = torch.load(psf, weights_only=True)
     assert saved["epoch"] == 7 and "s1.pathway0_stem.conv.weight" in saved["model_state"]
     assert "s5.pathway0_res1.branch2.c_bn.running_var" in saved["model_state"]
+    with open(safe, "rb") as f:  # safetensors: an 8-byte little-endian header length, then a JSON header
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    assert json.loads(header["__metadata__"]["iboot"])["entries"]["encoder_name"] == "slow_small"
     x = torch.randn(2, 3, 4, 32, 32)
     reference = source.eval()(x)
-    for path in (plain, psf):
+    for path in (plain, psf, safe):
         encoder = models.build_encoder("slow_small")
         models.load_encoder_weights(encoder, path)  # raises on any missing or unexpected key
         assert torch.equal(encoder.eval()(x), reference)
+    assert torch.equal(models.load_pretrained(safe).eval()(x), reference)  # no --arch needed
+    assert models.pretraining_record(checkpoint.load(safe)) == models.pretraining_record(ckpt) == dict(
+        method="iboot", teacher="dino_vit_s16", pretrain_data="kinetics", pretrain_epochs=7)

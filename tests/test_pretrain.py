@@ -73,7 +73,7 @@ def test_variant_trains_a_few_steps(name, synthetic_root, tmp_path):
     log = read_log(out)
     steps = [r for r in log if "loss" in r and r.get("kind") != "epoch"]
     assert len(steps) >= 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
-    ckpt = torch.load(os.path.join(out, "checkpoint.pth"), weights_only=False)
+    ckpt = torch.load(os.path.join(out, "checkpoint.pth"), weights_only=True)
     assert ckpt["epoch"] == ckpt["args"]["epochs"] and "encoder" in ckpt and "optimizer" in ckpt
 
 
@@ -142,7 +142,7 @@ def test_two_cpu_ranks_hold_identical_weights(synthetic_root, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     w0 = torch.load(os.path.join(out, "rank0_weights.pth"))
     w1 = torch.load(os.path.join(out, "rank1_weights.pth"))
-    initial = torch.load(os.path.join(out, "checkpoint.pth"), weights_only=False)["initial_encoder"]
+    initial = torch.load(os.path.join(out, "checkpoint.pth"), weights_only=True)["initial_encoder"]
     assert any(not torch.equal(w0["encoder." + k], v) for k, v in initial.items() if "encoder." + k in w0), \
         "weights did not move"
     for k in w0:

@@ -285,6 +285,47 @@ def test_timm_teacher_loads_local_file(dino_s16, tmp_path):
     torch.testing.assert_close(loaded(frames), dino_s16(frames))
 
 
+@pytest.mark.slow
+def test_open_clip_teacher_loads_a_training_checkpoint(tmp_path):
+    """open_clip_train/main.py saves {"epoch", "name", "state_dict", "optimizer", "scaler"}; open_clip's
+    loader (weights_only=True) takes the state dict out of it. ViT-S-32: the smallest ViT of open_clip."""
+    import compat
+    torch.manual_seed(0)
+    model = compat.import_open_clip().create_model("ViT-S-32")
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "epoch_32.pt"
+    torch.save({"epoch": 32, "name": "vit_s32_run", "state_dict": model.state_dict(), "optimizer": sgd.state_dict(),
+                "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                           "_growth_tracker": 0}}, path)
+    loaded = teachers.build_teacher("open_clip:ViT-S-32:", weights=str(path))
+    frames = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        expected = model.encode_image((frames - CLIP_MEAN) / CLIP_STD)
+    torch.testing.assert_close(loaded(frames), expected)
+
+
+class RunsOnLoad:
+    """Pickled as a call of func(*args) that whoever unpickles it makes: a crafted weights file."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "dino_vit_s16"])
+def test_a_crafted_teacher_weights_file_runs_nothing(name, tmp_path):
+    """Teacher weights load as tensors only (this project's torch.load, timm's loader): the file's
+    payload never runs, and the error names the flag and the file."""
+    marker = tmp_path / "marker"
+    path = tmp_path / "weights.pth"
+    torch.save({"conv_stem.weight": torch.zeros(1), "x": RunsOnLoad(os.makedirs, str(marker))}, path)
+    with pytest.raises(ValueError, match=f"--teacher_weights {path}: not usable weights for teacher '{name}'"):
+        teachers.build_teacher(name, weights=str(path))
+    assert not marker.exists()
+
+
 def torchvision_resnet50_wide(width):
     """Independent 2D reference: torchvision's ResNet-50 code with stem width `width` and every other
     width scaled with it (width=128 is SwAV's resnet50w2)."""
@@ -309,8 +350,10 @@ def test_swav_widths_match_torchvision_layout():
         assert ours[k].shape == (v.shape[:2] + (1,) + v.shape[2:] if v.dim() == 4 else v.shape), k
 
 
-def test_swav_checkpoint_file_loads_like_2d_resnet(tmp_path, monkeypatch):
-    # Same loading code on an 8x narrower net (SwAV's file is 375 MB): the width is checked above.
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy_pickle"])
+def test_swav_checkpoint_file_loads_like_2d_resnet(zip_format, tmp_path, monkeypatch):
+    # Same loading code on an 8x narrower net (SwAV's file is 375 MB): the width is checked above. SwAV's
+    # released files predate torch 1.6's zip format: a plain pickle, which the weights-only load reads too.
     narrow = 16
     monkeypatch.setattr(teachers, "_resnet50w2", lambda: teachers.models.SlowResNet(
         (3, 4, 6, 3), width=narrow, temporal_kernels=(1, 1, 1, 1)))
@@ -326,7 +369,7 @@ def test_swav_checkpoint_file_loads_like_2d_resnet(tmp_path, monkeypatch):
     sd["module.projection_head.0.weight"] = torch.zeros(8, narrow * 32)
     sd["module.prototypes.weight"] = torch.zeros(3000, 8)
     path = tmp_path / "swav_RN50w2_400ep_pretrain.pth.tar"
-    torch.save(sd, path)
+    torch.save(sd, path, _use_new_zipfile_serialization=zip_format)
     t = teachers.build_teacher("swav_r50w2", weights=str(path))
     frames = torch.rand(2, 3, 64, 64)
     with torch.no_grad():

@@ -1,7 +1,8 @@
 """trainer.py: the one loop of pretraining and of every classifier protocol. The lr schedule by hand;
 resume after SIGKILL, SIGTERM and Ctrl-C ends with the weights of an uninterrupted run, bit for bit,
-for pretrain.py and for finetune.py alike; a run resumes only with its own flags; undecodable videos
-are counted, listed and, when too many, stop the run."""
+for pretrain.py and for finetune.py alike; a run resumes only with its own flags; a checkpoint of
+earlier versions says how to go on; undecodable videos are counted, listed and, when too many, stop
+the run."""
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 import augment
+import cli
 import eval_linear
 import pretrain
 import trainer
@@ -62,13 +64,13 @@ JOBS = {
 
 def job_argv(job, small_root, output_dir):
     argv, _ = JOBS[job]
-    extra = ["--pretrained", str(small_root / "A.pth")] if job == "finetune" else []
+    extra = ["--pretrained", str(small_root / "A.pth"), "--results_dir", output_dir + "_results"] if job == "finetune" else []
     return [sys.executable] + argv + COMMON + extra + ["--data_root", str(small_root / "data"),
                                                       "--output_dir", output_dir]
 
 
 def _final_weights(job, output_dir):
-    return torch.load(os.path.join(output_dir, "checkpoint.pth"), weights_only=False)[JOBS[job][1]]
+    return torch.load(os.path.join(output_dir, "checkpoint.pth"), weights_only=True)[JOBS[job][1]]
 
 
 def read_log(output_dir):
@@ -110,7 +112,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(small_root, tmp_path, un
     argv = job_argv(job, small_root, resumed)
     code, _, _ = _start_and_signal(argv, resumed, signal.SIGKILL, epoch=2, iteration=2)
     assert code == -signal.SIGKILL, "the run finished before it could be killed mid-epoch"
-    assert torch.load(os.path.join(resumed, "checkpoint.pth"), weights_only=False)["epoch"] == 1
+    assert torch.load(os.path.join(resumed, "checkpoint.pth"), weights_only=True)["epoch"] == 1
     out = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "resumed from" in out.stdout
@@ -132,7 +134,7 @@ def test_signal_writes_a_mid_epoch_checkpoint_that_resumes_exactly(sig, small_ro
     last = err.strip().splitlines()[-1]
     assert re.fullmatch(rf"stopped by {sig.name} at epoch {epoch}, iteration \d+; checkpoint written to "
                         rf"{re.escape(resumed)}: run the same command again to resume", last), last
-    ckpt = torch.load(os.path.join(resumed, "checkpoint.pth"), weights_only=False)
+    ckpt = torch.load(os.path.join(resumed, "checkpoint.pth"), weights_only=True)
     assert ckpt["epoch"] == epoch - 1 and ckpt["iteration"] > iteration
     out = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -166,6 +168,49 @@ def test_a_run_resumes_only_with_its_own_flags(small_root, tmp_path):
         with open(os.path.join(out, "config.json")) as f:
             assert f.read() == config  # nothing was written
     run_script(pretrain, base + ["--log_every", "5", "--num_workers", "1"])  # logging flags may change
+
+
+def as_written_before_the_safe_format(ckpt):
+    """A run checkpoint as the versions before checkpoints held only tensors, numbers, strings, lists and
+    dicts wrote it: each rank's random state as random.getstate() and np.random.get_state() return
+    them (a tuple, and a tuple holding a numpy array)."""
+    def legacy(state):
+        version, internal, gauss_next = state["python"]
+        n = state["numpy"]
+        return dict(state, python=(version, tuple(internal), gauss_next),
+                    numpy=(n["bit_generator"], np.array(n["key"], dtype=np.uint32), n["pos"], n["has_gauss"],
+                           n["cached_gaussian"]))
+    return dict(ckpt, random_state=[legacy(s) for s in ckpt["random_state"]])
+
+
+def test_a_checkpoint_of_earlier_versions_says_how_to_go_on_and_trust_converts_it(small_root, tmp_path, capsys):
+    """A run whose checkpoint an earlier version wrote (a full pickle) stops with one line that says how
+    to go on; with --trust_checkpoint once it resumes, ends with the weights of an uninterrupted run and
+    leaves a checkpoint that loads safely, so that the plain command resumes from then on."""
+    full, old = str(tmp_path / "uninterrupted"), tmp_path / "earlier"
+    base = PRETRAIN_TINY + ["--data_root", str(small_root / "data"), "--epochs", "2"]
+    run_script(pretrain, base + ["--output_dir", full, "--saveckp_freq", "1"])
+    after_epoch_1 = torch.load(os.path.join(full, "checkpoint_0001.pth"), weights_only=True)
+    old.mkdir()
+    torch.save(as_written_before_the_safe_format(after_epoch_1), old / "checkpoint.pth")
+    capsys.readouterr()
+    with pytest.raises(cli.SetupError) as e:
+        run_script(pretrain, base + ["--output_dir", str(old)])
+    assert str(e.value) == (
+        f"--output_dir {old} holds checkpoint.pth in the format of earlier iboot versions, which loads only with "
+        f"full unpickling (it asks for {e.value.names[0]} and 2 other globals), and so could run code. To go on: "
+        f"start the run in another --output_dir, or, if you wrote this checkpoint, run the same command once with "
+        f"--trust_checkpoint: the run resumes and its checkpoints load safely from then on")
+    assert all(name.startswith("numpy.") for name in e.value.names) and os.listdir(old) == ["checkpoint.pth"]
+    run_script(pretrain, base + ["--output_dir", str(old), "--trust_checkpoint"])
+    captured = capsys.readouterr()
+    assert captured.err.count("warning: --trust_checkpoint: loading") == 1 and "1 of 2 epochs done" in captured.out
+    assert f"{old / 'checkpoint.pth'} rewritten in the format that loads without --trust_checkpoint" in captured.out
+    resumed = torch.load(old / "checkpoint.pth", weights_only=True)
+    _assert_same_weights(torch.load(os.path.join(full, "checkpoint.pth"), weights_only=True)["encoder"],
+                         resumed["encoder"])
+    run_script(pretrain, base + ["--output_dir", str(old)])  # --trust_checkpoint is not part of the run's flags
+    assert "2 of 2 epochs done" in capsys.readouterr().out
 
 
 def test_an_evaluation_resumes_only_its_own_model(small_root, capsys):
