@@ -81,7 +81,7 @@ def main(args):
     record = None
     for k in flags.nb_knn:
         top1, top5 = knn.knn_accuracy(train_f, train_y, val_f, val_y, k, num_classes, temperature=flags.temperature)
-        views = knn.views_label(k, flags.test_clips, flags.test_crops, flags.test_crop_size)
+        views = knn.views_label(k, sets[1])
         records.print_main(f"k-NN top-1 ({views}) on {flags.dataset} val: {top1:.2f}% | top-5 {top5:.2f}%")
         # One record per k; the run name carries k when several are asked for.
         run_name = f"{flags.run_name}_k{k}" if len(flags.nb_knn) > 1 else flags.run_name

@@ -7,7 +7,8 @@ pretrain.py watches during training.
     knn_scores / knn_topk_correct             votes exp(cos / 0.07) of the k nearest training features;
                                               top-1 and top-5 counted as DINO's knn_classifier
     knn_accuracy(...) / top1(train, val)      (top-1 %, top-5 %); the top-1 of two encoded sets
-    views_label(k, clips, crops, size)        "k=20, 1 clip x 1 crop of 256": printed beside every k-NN number
+    views_label(k, dataset)                   "k=20, 1 crop of 256 (short side 256), clip at frame 0": printed
+                                              beside every k-NN number
 """
 import torch
 import torch.nn.functional as F
@@ -83,10 +84,17 @@ class DecodedSet:
         return encode(encoder, self.batches, device, precision)
 
 
-def views_label(k, test_clips, test_crops, test_crop_size):
-    """How a k-NN number was measured, printed and recorded beside it by every script that reports one."""
-    return (f"k={k}, {test_clips} clip{'s' * (test_clips > 1)} x {test_crops} crop{'s' * (test_crops > 1)} "
-            f"of {test_crop_size}")
+def views_label(k, dataset):
+    """How a k-NN number was measured (the views of a mode="test" data.VideoDataset), printed and recorded
+    beside it by every script that reports one, e.g. "k=20, 1 crop of 64 (short side 73), centre clip"."""
+    crops = f"{dataset.test_crops} crop{'s' * (dataset.test_crops > 1)} of {dataset.test_crop_size}"
+    if dataset.sampling == "ssv2":
+        clips = "frames of every segment"
+    elif dataset.test_clips > 1:
+        clips = f"{dataset.test_clips} clips ({dataset.test_spacing} spacing)"
+    else:
+        clips = "clip at frame 0" if dataset.test_spacing == "uniform" else "centre clip"
+    return f"k={k}, {crops} (short side {dataset.test_short_side}), {clips}"
 
 
 def top1(train, val, k=20, temperature=TEMPERATURE):

@@ -134,7 +134,7 @@ def add_training_args(p):
     g.add_argument("--max_iters_per_epoch", type=int, default=0,
                    help="cut epochs short (smoke tests); 0 = full epochs")
     g.add_argument("--knn_eval", default="auto", choices=["auto", "yes", "no"],
-                   help="after training, k-NN top-1 (eval_knn.py's views) of the trained encoder, of the same "
+                   help="after training, k-NN top-1 (training-scale views, knn_views) of the trained encoder, of the same "
                         "encoder at initialisation and of the teacher's frame features, on the validation "
                         "split (auto: yes for synthetic)")
 
@@ -143,7 +143,8 @@ def add_training_args(p):
                    help="every epoch, on this many validation videos: the online features' per-dimension std "
                         "(0: collapse) and effective rank, and for iBoot the student-teacher cosine (0: off)")
     g.add_argument("--knn_every", type=int, default=0,
-                   help="online k-NN top-1 (k=20, eval_knn.py's views) of the validation split every N epochs "
+                   help="online k-NN top-1 (k=20, training-scale views: eval_knn.py --test_crop_size CROP "
+                        "--test_spacing offset) of the validation split every N epochs "
                         "and before the first; the clips are decoded once and kept in memory (0: off)")
     return p
 
@@ -277,13 +278,11 @@ def weight_norm(tensors):
 KNN_K = 20  # the paper's k (DINO's default)
 
 
-def knn_protocol(flags):
-    """The k-NN views of eval_knn.py (protocols.KNN at this run's crop): one clip starting where
-    PySlowFast's test loader starts it, one centre crop of crop x 256 / 224, frames resized to that short
-    side; so pretrain.py's k-NN and eval_knn.py's are one number. Returns (dataset keywords, label)."""
-    test_crop = int(round(flags.crop_size * 256 / 224))
-    return (dict(mode="test", test_clips=1, test_crops=1, test_crop_size=test_crop, test_spacing="uniform"),
-            knn.views_label(KNN_K, 1, 1, test_crop))
+def knn_views(flags):
+    """The k-NN views of the learning monitors and the closing report: one clip from the middle of the
+    video, one centre crop of the training size from frames resized to a short side of crop x 256 / 224
+    (the training scale; the same as eval_knn.py --test_crop_size CROP --test_spacing offset)."""
+    return dict(mode="test", test_clips=1, test_crops=1, test_crop_size=flags.crop_size, test_spacing="offset")
 
 
 class LearningMonitor:
@@ -296,7 +295,7 @@ class LearningMonitor:
 
     def __init__(self, flags, objective, device, val_set, train_set=None):
         self.flags, self.objective, self.device, self.first, self.last = flags, objective, device, {}, {}
-        _, self.label = knn_protocol(flags)
+        self.label = knn.views_label(KNN_K, val_set)
         skipped = data.SkippedVideos(flags.output_dir, flags.max_skip_share)
         self.val = knn.DecodedSet(val_set, 16, flags.num_workers, device, skipped, "the validation set")
         self.train = None if train_set is None else knn.DecodedSet(train_set, 16, flags.num_workers, device,
@@ -359,11 +358,10 @@ def build_monitor(flags, objective, device):
     wants_knn = bool(flags.knn_every) or flags.knn_eval == "yes"
     if not (flags.monitor_videos or wants_knn):
         return None
-    keywords, _ = knn_protocol(flags)
     split_set = lambda split, list_file: data.build_dataset(  # noqa: E731
         flags.dataset, root=flags.data_root, split=split, list_file=list_file, seed=flags.seed,
         skip_missing=flags.skip_missing, num_frames=flags.num_frames, stride=flags.stride,
-        crop_size=flags.crop_size, **keywords)
+        crop_size=flags.crop_size, **knn_views(flags))
     try:
         val_set = split_set("val", flags.val_list)
     except FileNotFoundError as e:

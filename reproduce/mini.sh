@@ -6,7 +6,7 @@
 #
 #   bash reproduce/mini.sh --data_root ../shared/data/weizmann              # train.csv / val.csv in the folder
 #   bash reproduce/mini.sh --dataset ucf101 --data_root /data/ucf101        # or any data set pretrain.py reads
-#   bash reproduce/mini.sh --data_root DIR --train_list A.csv --val_list B.csv --seeds 0 1 2 --linear
+#   bash reproduce/mini.sh --data_root DIR --train_list A.csv --val_list B.csv --seeds 0 1 2 --epochs 60 --linear
 #
 # Runs on the CPU with plain python (one process); the runs go to $RUNS/mini/<data>/<method>_s<seed>,
 # and $OUT (default reproduce/out) gets mini.md, mini.csv, mini.png and mini_monitors.png.

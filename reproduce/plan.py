@@ -210,34 +210,48 @@ def row_evaluations(number, overrides):
 
 MINI_METHODS = ("iboot", "rhobyol")
 MINI_SEEDS = (0, 1, 2)
-# The CPU-scale recipe (docs/learning.md says how it was chosen and what did not help). Each method keeps
-# its own augmentation (iBoot: the paper's; rhoBYOL: PySlowFast's BYOL recipe) and objective.
+# The CPU-scale recipe (docs/learning.md: how it was chosen, and what did not help): slow_tiny, T=4,
+# 64-px crops (3.4x cheaper steps than 112), batch 8, 200 epochs with 10 of warm-up, LARS. iBoot
+# regresses the teacher's features of the clip it sees (--num_clips 1: Table 5's "v1 = v_ref" row) at
+# --base_lr 96: the paper's 2.4 x batch / 256 gives lr 0.075 at batch 8, under which LARS moves the
+# encoder by 2% in the whole run while W's bias fits the mean target. rhoBYOL keeps its PySlowFast
+# recipe (rho = 2 clips, BYOL augmentation, --base_lr 2.4; 96 was worse for it).
 MINI_RECIPE = ["--arch", "slow_tiny", "--teacher", "efficientnet_lite0", "--num_frames", "4", "--stride", "8",
-               "--crop_size", "112", "--batch_size_per_gpu", "8", "--epochs", "30", "--warmup_epochs", "1",
-               "--num_workers", "2", "--knn_every", "1", "--knn_eval", "yes", "--saveckp_freq", "0"]
+               "--crop_size", "64", "--batch_size_per_gpu", "8", "--epochs", "200", "--warmup_epochs", "10",
+               "--num_workers", "1", "--knn_every", "1", "--knn_eval", "yes", "--saveckp_freq", "0"]
+MINI_METHOD_FLAGS = {"iboot": ["--num_clips", "1", "--base_lr", "96"], "rhobyol": []}
 MINI_SMOKE = ["--dataset", "synthetic", "--arch", "slow_tiny", "--crop_size", "32", "--num_frames", "3",
               "--stride", "4", "--batch_size_per_gpu", "4", "--epochs", "2", "--max_iters_per_epoch", "2",
               "--warmup_epochs", "0", "--num_workers", "0", "--teacher_weights", "random", "--log_every", "1"]
 # The optional linear probe of each run's last checkpoint (--linear): the linear protocol at CPU scale.
 MINI_LINEAR = ["--epochs", "20", "--batch_size_per_gpu", "16", "--lr", "1.0", "--warmup_epochs", "2",
-               "--test_clips", "1", "--test_crops", "1", "--num_workers", "2"]
+               "--crop_size", "64", "--num_frames", "4", "--stride", "8", "--test_clips", "1", "--test_crops", "1",
+               "--num_workers", "1"]
+MINI_DATA_FLAGS = ("--dataset", "--data_root", "--train_list", "--val_list", "--split")
 
 
-def mini_steps(data_flags, env, seeds=MINI_SEEDS, linear=False):
-    """(done-marker, command) of every run of the comparison, in $RUNS/mini/<data>/<method>_s<seed>;
-    data_flags: the pretrain.py flags that name the data set (--dataset, --data_root, lists)."""
+def mini_steps(data_flags, env, seeds=MINI_SEEDS, linear=False, epochs=None):
+    """(runs folder, [(done-marker, command)]) of the comparison, in $RUNS/mini/<data>/<method>_s<seed>;
+    data_flags: the flags that name the data set, as pretrain.py and the evaluations take them
+    (MINI_DATA_FLAGS); epochs: pretraining epochs other than the recipe's."""
+    unknown = [f for f in data_flags[::2] if f not in MINI_DATA_FLAGS]
+    if unknown or len(data_flags) % 2:
+        raise ValueError(f"mini.sh: {' '.join(unknown) or 'a flag without a value'}: allowed are "
+                         f"{', '.join(MINI_DATA_FLAGS)} (with a value each), --seeds, --epochs, --linear")
     smoke = env.get("SMOKE") == "1"
     data_flags = ["--data_root", env["SMOKE_DATA"]] if smoke else evaluation_data(data_flags)
     root = flag_value(data_flags, "--data_root") or flag_value(data_flags, "--train_list")
     if root is None:
         raise ValueError("mini.sh needs --data_root DIR (and --dataset, --train_list, --val_list as pretrain.py takes them)")
-    folder = os.path.join(env["RUNS"], "mini", "synthetic" if smoke else os.path.basename(os.path.normpath(root)))
+    name = "synthetic" if smoke else os.path.basename(os.path.normpath(root))
+    folder = os.path.join(env["RUNS"], "mini", name + (f"_e{epochs}" if epochs else ""))  # one recipe, one folder
     steps = []
     for seed in seeds:
         for method in MINI_METHODS:
             out = os.path.join(folder, f"{method}_s{seed}")
             args = (["pretrain.py", "--method", method, "--seed", str(seed), "--output_dir", out] + MINI_RECIPE
-                    + data_flags + (MINI_SMOKE if smoke else []))
+                    + MINI_METHOD_FLAGS[method] + (["--epochs", str(epochs)] if epochs else []) + data_flags
+                    + (MINI_SMOKE if smoke else []))
             steps.append((os.path.join(out, "DONE"), args))
             if linear:
                 args = ["eval_linear.py", "--pretrained", os.path.join(out, "checkpoint.pth"), "--seed", str(seed),
@@ -444,12 +458,15 @@ def main(argv=None):
     p.add_argument("--mini", action="store_true", help="reproduce/mini.sh's runs; the other flags name the data")
     p.add_argument("--seeds", type=int, nargs="+", default=list(MINI_SEEDS), help="--mini: the seeds")
     p.add_argument("--linear", action="store_true", help="--mini: also a linear probe of each run")
+    p.add_argument("--epochs", type=int, default=None, help="--mini: pretraining epochs (default: the recipe's)")
     args, data_flags = p.parse_known_args(argv)
     if (args.table is None) == (not args.mini):
         p.error("give --table N or --mini")
+    if args.table is not None and (args.linear or args.epochs):
+        p.error("--linear and --epochs go with --mini")
     env = environment(os.environ)
     if args.mini:
-        folder, steps = mini_steps(data_flags, env, args.seeds, args.linear)
+        folder, steps = mini_steps(data_flags, env, args.seeds, args.linear, args.epochs)
         print(folder)
     else:
         if data_flags:

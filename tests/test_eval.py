@@ -65,7 +65,7 @@ def run(module, root, name, extra):
 def test_knn_end_to_end(synthetic, capsys):
     saved = run(eval_knn, synthetic, "knn", ["--nb_knn", "20", "--dump_features", str(synthetic / "feats")])
     assert saved["protocol"] == "knn" and saved["k"] == 20 and saved["split"] == "val"
-    assert "k-NN top-1 (k=20, 1 clip x 1 crop of 37) on synthetic val: " in capsys.readouterr().out
+    assert "k-NN top-1 (k=20, 1 crop of 37 (short side 37), clip at frame 0) on synthetic val: " in capsys.readouterr().out
     # DINO's dump: features, labels and the path of each row's video
     feats, labels = torch.load(synthetic / "feats" / "testfeat.pth"), torch.load(synthetic / "feats" / "testlabels.pth")
     paths = (synthetic / "feats" / "testpaths.txt").read_text().splitlines()

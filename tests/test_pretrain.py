@@ -190,8 +190,9 @@ def test_divergence_stops_the_run(small_root, tmp_path):
 
 @pytest.mark.slow
 def test_pretrain_reports_the_k_nn_of_eval_knn(small_root, tmp_path, capsys):
-    """One name, one protocol: pretrain.py's closing k-NN is eval_knn.py's number on the same checkpoint,
-    printed with the same views; the per-epoch monitors fill the epoch records (and the line)."""
+    """One name, one protocol: pretrain.py's closing k-NN is eval_knn.py's number on the same checkpoint
+    with the same views (--test_crop_size 32 --test_spacing offset), printed with the same label; the
+    default eval_knn.py views are another label. The monitors fill the epoch records (and the line)."""
     import eval_knn
     out = str(tmp_path / "run")
     run_script(pretrain, PRETRAIN_TINY + ["--data_root", str(small_root / "data"), "--output_dir", out,
@@ -201,8 +202,10 @@ def test_pretrain_reports_the_k_nn_of_eval_knn(small_root, tmp_path, capsys):
     record = run_script(eval_knn, ["--pretrained", os.path.join(out, "checkpoint.pth"), "--output_dir",
                                    str(tmp_path / "knn"), "--results_dir", str(tmp_path / "res"), "--dataset",
                                    "synthetic", "--data_root", str(small_root / "data"), "--crop_size", "32",
-                                   "--num_frames", "2", "--stride", "4", "--num_workers", "0"])
+                                   "--num_frames", "2", "--stride", "4", "--num_workers", "0", "--test_crop_size", "32",
+                                   "--test_spacing", "offset"])
     assert printed.startswith(f"k-NN top-1 ({record['views']}) on synthetic val: trained ")
+    assert record["views"] == "k=20, 1 crop of 32 (short side 37), centre clip"
     assert ours == pytest.approx(round(record["value"], 1))
     log = read_log(out)
     epochs = [r for r in log if r.get("kind") == "epoch"]
