@@ -8,8 +8,9 @@ Worker side (uint8, one clip at a time, in data.py's workers):
 Device side (float, batched, on the training device, CPU or GPU):
     GpuAugment              colour jitter (p=0.8), grayscale (p=0.2), Gaussian blur (p=0.5); other
                             parameter sets: PYSLOWFAST_BYOL_JITTER, PYSLOWFAST_FINETUNE_JITTER
-    PRETRAIN_RECIPES        pretraining augmentation: the paper's text ("paper") or PySlowFast's
-                            BYOL_SlowR50_8x8.yaml ("pyslowfast_byol")
+    PRETRAIN_RECIPES        pretraining augmentation: the paper's text ("paper"), PySlowFast's
+                            BYOL_SlowR50_8x8.yaml ("pyslowfast_byol"), or the paper's without colour
+                            ("paper_nocolour", the CPU-scale recipe of reproduce/mini.sh)
     normalize               mean/std normalisation; STUDENT_MEAN/STD are PySlowFast's Kinetics values
     student_input           clips (uint8 or float in [0, 1]) -> the online network's normalised input
 
@@ -64,6 +65,10 @@ RESIZED_CROP_ASPECT = (0.75, 1.3333)
 PRETRAIN_RECIPES = {
     "paper": dict(resized_crop=None, jitter=PAPER_JITTER),
     "pyslowfast_byol": dict(resized_crop=(RESIZED_CROP_AREA, RESIZED_CROP_ASPECT), jitter=PYSLOWFAST_BYOL_JITTER),
+    # A deviation from Section 4.1 (not from Eq. 1), for small budgets: the paper's crops and flips,
+    # no colour jitter, grayscale or blur (every probability 0: GpuAugment passes the clips through), so
+    # the teacher's target carries no colour noise the student cannot predict (docs/learning.md).
+    "paper_nocolour": dict(resized_crop=None, jitter=dict(PAPER_JITTER, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)),
 }
 
 # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale.

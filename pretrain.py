@@ -105,8 +105,9 @@ def get_args_parser():
                    help="paper = Section 4.1's text (short side 256-320, 224 crop; jitter p=0.8 "
                         "0.2/0.2/0.2/0.05, grayscale 0.2, blur 0.5); pyslowfast_byol = PySlowFast "
                         "BYOL_SlowR50_8x8.yaml (random resized crop of 20-76.6%% of the area, aspect 0.75-1.33; "
-                        "jitter p=0.8 0.6/0.6/0.6/0.15, grayscale 0.2, blur 0.5). Default: paper for iboot, "
-                        "pyslowfast_byol for rhobyol")
+                        "jitter p=0.8 0.6/0.6/0.6/0.15, grayscale 0.2, blur 0.5); paper_nocolour = the paper's crops "
+                        "and flips without colour jitter, grayscale or blur (a deviation, for small budgets: "
+                        "docs/learning.md). Default: paper for iboot, pyslowfast_byol for rhobyol")
     return add_training_args(p)
 
 

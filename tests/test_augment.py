@@ -324,3 +324,11 @@ def test_inverse_uniform_short_side():
     sides = [round(224 * 256 / augment.random_short_side_box(256, 340, 224, (256, 320), rng, True)[2])
              for _ in range(4000)]
     assert min(sides) >= 256 and max(sides) <= 320 and abs(float(np.median(sides)) - 284.4) < 2
+
+
+def test_paper_nocolour_keeps_the_crops_and_flips_and_passes_the_colours_through():
+    recipe = augment.PRETRAIN_RECIPES["paper_nocolour"]
+    assert recipe["resized_crop"] is None  # the paper's short side and crop
+    clips = torch.randint(0, 256, (6, 3, 2, 8, 8), dtype=torch.uint8)
+    out = augment.GpuAugment(**recipe["jitter"], seed=3)(clips)
+    assert torch.equal(out, clips.float() / 255)  # no jitter, grayscale or blur, whatever the draws
