@@ -1,7 +1,14 @@
 """cli.py: every bad flag value of every script is one line naming it, before anything is written;
-the flags a script reads are read-only, and main() leaves the parsed args as they were."""
+the flags a script reads are read-only, and main() leaves the parsed args as they were; a data-loading
+worker that dies ends the run within seconds in one line."""
 import argparse
 import copy
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -80,3 +87,72 @@ def test_main_leaves_the_parsed_args_as_they_were(module, small_root, tmp_path):
     before = copy.deepcopy(vars(args))
     module.main(args)
     assert vars(args) == before
+
+
+# ----------------------------------------------------------------------------------------------
+# A data-loading worker that dies
+# ----------------------------------------------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def children(pid):
+    """The child processes of `pid` (Linux: /proc/PID/task/TID/children)."""
+    kids = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids += [int(k) for k in f.read().split()]
+        except OSError:
+            pass
+    return kids
+
+
+@pytest.mark.slow
+def test_a_killed_data_worker_ends_the_run_within_seconds_in_one_line(small_root, tmp_path):
+    """What the kernel's OOM killer does on a long run: SIGKILL to one of pretrain.py's two data-loading
+    workers in the middle of training. The run ends within seconds (no hang), with no traceback and one
+    last line that names the worker, the signal, what it usually means and how to resume; no worker is
+    left behind."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "pretrain.py"] + PRETRAIN_TINY + [
+        "--data_root", str(small_root / "data"), "--output_dir", str(out), "--num_workers", "2", "--epochs", "50",
+        "--max_iters_per_epoch", "0", "--log_every", "1", "--monitor_videos", "0"]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, log = time.time() + 300, out / "log.jsonl"
+    while time.time() < deadline and proc.poll() is None and not (log.exists() and len(children(proc.pid)) == 2):
+        time.sleep(0.05)
+    workers = children(proc.pid)
+    assert len(workers) == 2, proc.communicate()[1][-2000:]
+    os.kill(workers[1], signal.SIGKILL)
+    killed = time.time()
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"still running 60 s after a data worker was killed: {proc.communicate()[1][-2000:]}")
+    seconds = time.time() - killed
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(rf"error: a data-loading worker \(pid {workers[1]}\) was killed by SIGKILL, which usually "
+                        rf"means the machine ran out of memory \(the kernel's OOM killer\): lower --num_workers or "
+                        rf"--batch_size_per_gpu; run the same command again to resume from the last checkpoint", last), err
+    assert proc.returncode == 1 and "Traceback" not in err and "Exception ignored" not in err, err
+    assert seconds < 15, seconds
+    time.sleep(0.5)
+    assert not os.path.exists(f"/proc/{workers[0]}") or "Z" in open(f"/proc/{workers[0]}/stat").read().split()[2]
+
+
+def test_pytorchs_words_for_a_dead_worker_name_its_pid_and_signal():
+    """A worker that dies before the watch first sees it is reaped by PyTorch at once; its error names it
+    (torch/csrc/DataLoader.cpp, utils/data/dataloader.py)."""
+    killed = RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+    killed.__cause__ = RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
+    assert cli._death_named_by_pytorch(killed) == (4242, -signal.SIGKILL)
+    assert cli._death_named_by_pytorch(RuntimeError(
+        "DataLoader worker (pid 7) is killed by signal: Bus error. It is possible that dataloader's workers are "
+        "out of shared memory.")) == (7, -signal.SIGBUS)
+    assert cli._death_named_by_pytorch(RuntimeError(
+        "DataLoader worker (pid 8) exited unexpectedly with exit code 3. Details are lost due to multiprocessing.")) == (8, 3)
+    assert cli._death_named_by_pytorch(RuntimeError("DataLoader worker (pid(s) 5, 6) exited unexpectedly")) == (5, None)
+    assert cli._death_named_by_pytorch(ValueError("--epochs 0: must be >= 1")) is None
