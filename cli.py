@@ -288,9 +288,20 @@ def unset_defaults(args, defaults, reason):
     return used
 
 
+def _is_folder_path(path):
+    """Whether `path` is a folder or can become one: its nearest existing ancestor (itself included) is a
+    folder, not a file."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return os.path.isdir(path)
+
+
 def _allowed(value, rule):
     if isinstance(rule, tuple):
         return value in rule
+    if rule == "folder":
+        return _is_folder_path(value)
     if isinstance(value, float) and not math.isfinite(value):
         return False
     if rule.startswith(">="):
@@ -304,6 +315,8 @@ def _allowed(value, rule):
 def _describe(rule):
     if isinstance(rule, tuple):
         return "one of " + ", ".join(str(r) for r in rule)
+    if rule == "folder":
+        return "a folder, not a file (or inside one)"
     if rule.startswith(">="):
         return ">= " + rule[2:]
     if rule.startswith(">"):
@@ -313,7 +326,8 @@ def _describe(rule):
 
 def check_flags(args, rules):
     """Stop at start-up, before anything is written, with one line naming the flag, its value and what
-    is allowed. rules: {flag: ">=a" | ">a" | "[a,b]" | "[a,b)" | "(a,b]" | "(a,b)" | (allowed, values)}.
+    is allowed. rules: {flag: ">=a" | ">a" | "[a,b]" | "[a,b)" | "(a,b]" | "(a,b)" | (allowed, values) |
+    "folder" (a path that is, or can become, a folder)}.
     Unset (None) flags are skipped; list values are checked one by one; floats must be finite."""
     for flag, rule in rules.items():
         value = getattr(args, flag, None)

@@ -31,7 +31,7 @@ import records
 
 PAPER_DEFAULTS = protocols.KNN
 SYNTHETIC_DEFAULTS = protocols.KNN_SYNTHETIC
-FLAG_RULES = dict(nb_knn=">=1", temperature=">0")
+FLAG_RULES = dict(nb_knn=">=1", temperature=">0", dump_features="folder")
 
 
 def get_args_parser():

@@ -158,7 +158,8 @@ def add_run_args(p, paper_defaults, training):
 FLAG_RULES = dict(num_frames=">=1", stride=">=1", crop_size="[32,1024]", test_clips=">=1", test_crops=(1, 3),
                   num_workers=">=0", batch_size_per_gpu=">=1", epochs=">=1", lr=">0", warmup_epochs=">=0",
                   warmup_start_lr=">=0", weight_decay=">=0", bn_weight_decay=">=0", eval_freq=">=0",
-                  max_iters_per_epoch=">=0", seed=">=0", log_every=">=1", max_skip_share="[0,1]", pretrain_epochs=">=0")
+                  max_iters_per_epoch=">=0", seed=">=0", log_every=">=1", max_skip_share="[0,1]", pretrain_epochs=">=0",
+                  output_dir="folder", results_dir="folder")
 
 
 

@@ -32,7 +32,7 @@ import records
 
 PAPER_DEFAULTS = protocols.SEMISUP
 SYNTHETIC_DEFAULTS = protocols.SEMISUP_SYNTHETIC
-FLAG_RULES = dict(dropout="[0,1)", fraction="(0,100]", subset_seed=">=0")
+FLAG_RULES = dict(dropout="[0,1)", fraction="(0,100]", subset_seed=">=0", subset_dir="folder")
 
 
 def sample_label_subset(labels, percent, seed):

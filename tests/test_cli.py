@@ -65,6 +65,30 @@ def test_every_bad_flag_value_is_one_line_naming_it_before_anything_is_written(m
     assert not out.exists()
 
 
+FOLDER_FLAGS = [(pretrain, "--output_dir"), (eval_knn, "--output_dir"), (eval_knn, "--results_dir"),
+                (eval_knn, "--dump_features"), (finetune, "--output_dir"), (semisup, "--subset_dir")]
+
+
+@pytest.mark.parametrize("module,flag", FOLDER_FLAGS, ids=[f"{m.__name__}{f}" for m, f in FOLDER_FLAGS])
+@pytest.mark.parametrize("inside", [False, True], ids=["file", "inside_a_file"])
+def test_a_folder_flag_naming_a_file_is_one_line(module, flag, inside, small_root, tmp_path):
+    """--output_dir (or another folder flag) naming an existing file, or a path inside one, stops at
+    start-up with one line naming the flag; the file is left as it was."""
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    path = str(existing / "run" if inside else existing)
+    if module is pretrain:
+        argv = PRETRAIN_TINY + ["--data_root", str(small_root / "data"), flag, path]
+    else:
+        argv = ["--pretrained", "scratch", "--output_dir", str(tmp_path / "out")] + EVAL_TINY + [
+            "--data_root", str(small_root / "data"), "--results_dir", str(tmp_path / "res"), flag, path]
+        argv += ["--fraction", "50"] if module is semisup else []
+    with pytest.raises(ValueError) as e:
+        run_script(module, argv)
+    assert str(e.value) == f"{flag} {path}: must be a folder, not a file (or inside one)"
+    assert existing.read_text() == "mine" and not (tmp_path / "out").exists()
+
+
 def test_flags_are_read_only_and_copies_carry_new_values():
     flags = cli.freeze(argparse.Namespace(epochs=3, lr=0.1))
     with pytest.raises(AttributeError, match="--epochs"):
