@@ -63,6 +63,7 @@ def main(args):
     flags, device = protocols.prepare(args, PAPER_DEFAULTS, SYNTHETIC_DEFAULTS, FLAG_RULES)
     flags, encoder = protocols.with_backbone(flags, device)
     sets = (data.build_split(flags, "train", "test"), data.build_split(flags, "val", "test"))
+    records.lock_output_dir(flags.output_dir)
     records.save_config(flags, flags.output_dir)
     data.write_missing_videos(flags.output_dir, *sets)
     records.print_main(f"k-NN | {flags.arch} from {flags.pretrained} | {len(sets[0])} train / {len(sets[1])} val "

@@ -6,8 +6,9 @@
                                            synthetic set. Returns (flags, device)
     Schedule                               lr per iteration: linear warm-up, then cosine (MAE's lr_sched)
     Trainer(...)                           the run: loader, module, optimiser, checkpoints, logs
-      .resume(extra) -> RunState           the state saved in --output_dir, only when the flags that
-                                           define the run agree (checkpoint.run_fingerprint)
+      .resume(extra) -> RunState           --output_dir locked for this run (records.lock_output_dir); the
+                                           state saved there, only when the flags that define the run
+                                           agree (checkpoint.run_fingerprint)
       .start(*datasets)                    config.json and the missing-videos list, once resume agreed
       .fit(step, state, after_epoch)       the epochs: lr, step, skipped videos, signal stop with a
                                            mid-epoch checkpoint, epoch record, epoch checkpoint
@@ -149,7 +150,9 @@ class Trainer:
 
     def resume(self, extra=None):
         """The RunState of --output_dir's checkpoint (weights, optimiser and random state restored), or
-        a fresh one with `extra` ({entry: value of a new run}) when there is none."""
+        a fresh one with `extra` ({entry: value of a new run}) when there is none. First of all the
+        folder is locked: a second run with the same --output_dir stops here, before it writes anything."""
+        records.lock_output_dir(self.output_dir)
         extra = dict(extra or {})
         ckpt = checkpoint.resume_run(self.output_dir, self.fingerprint, self.generators)
         if ckpt is None:

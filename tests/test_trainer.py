@@ -7,6 +7,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import torch
 import augment
 import eval_linear
 import pretrain
+import records
 import trainer
 from helpers import EVAL_TINY, PRETRAIN_TINY, run_script
 
@@ -166,6 +168,35 @@ def test_a_run_resumes_only_with_its_own_flags(small_root, tmp_path):
         with open(os.path.join(out, "config.json")) as f:
             assert f.read() == config  # nothing was written
     run_script(pretrain, base + ["--log_every", "5", "--num_workers", "1"])  # logging flags may change
+
+
+@pytest.mark.slow
+def test_a_second_run_in_the_same_folder_stops_before_writing_anything(small_root, tmp_path):
+    """Two runs with the same flags and --output_dir (a requeued job whose old allocation is still
+    finishing, a table script launched twice): the second names the folder and the first run's pid and
+    host, and stops (status 2) without writing; the first goes on. Once the first is SIGKILLed the
+    folder is free at once."""
+    out = str(tmp_path / "run")
+    argv = job_argv("pretrain", small_root, out) + ["--epochs", "100"]
+    first = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and first.poll() is None and not (
+                os.path.isfile(os.path.join(out, "log.jsonl")) and any(r.get("kind") == "step" for r in read_log(out))):
+            time.sleep(0.05)
+        config = open(os.path.join(out, "config.json")).read()
+        second = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr[-2000:]
+        last = second.stderr.strip().splitlines()[-1]
+        assert re.fullmatch(rf"error: --output_dir {re.escape(out)} is in use by another run \(pid {first.pid} on "
+                            rf"{re.escape(socket.gethostname())} since [0-9: -]+\); wait for it to end or stop it, "
+                            rf"or pass another --output_dir", last), last
+        assert first.poll() is None, "the first run stopped"
+        assert open(os.path.join(out, "config.json")).read() == config
+    finally:
+        first.kill()
+        first.communicate()
+    records.lock_output_dir(out)  # SIGKILLed: nothing stale
 
 
 def test_an_evaluation_resumes_only_its_own_model(small_root, capsys):
