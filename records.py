@@ -6,7 +6,7 @@
     Progress(total, desc)               a tqdm bar on a terminal, plain lines otherwise (SLURM .out files)
     JsonlLogger(path).log(**record)     one JSON object per line (log.jsonl), rank 0
     save_config(flags, output_dir)      config.json: every flag and run_environment() (code, packages,
-                                        command line, processes)
+                                        command line, processes), and the data the run reads
     write_result(results_dir, record)   one JSON file per evaluation, written atomically
 """
 import errno
@@ -162,11 +162,12 @@ def run_environment():
                                                    "numpy")})
 
 
-def save_config(flags, output_dir, name="config.json"):
-    """config.json beside the checkpoints: every flag, plus run_environment() under "environment"."""
+def save_config(flags, output_dir, name="config.json", data=None):
+    """config.json beside the checkpoints: every flag, plus run_environment() under "environment" and,
+    given, the data the run reads under "data" ({split: data.fingerprint})."""
     if distributed.is_main():
         os.makedirs(output_dir, exist_ok=True)
-        record = dict(vars(flags), environment=run_environment())
+        record = dict(vars(flags), environment=run_environment(), **({} if data is None else dict(data=data)))
         with open(os.path.join(output_dir, name), "w") as f:
             json.dump(record, f, indent=2, sort_keys=True, default=str)
 

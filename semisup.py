@@ -111,7 +111,7 @@ def main(args):
     record = protocols.write_eval_record(flags, "semisup", "val", metrics["top1"], top5=metrics["top5"],
                                          best_top1=metrics["best_top1"], best_epoch=metrics["best_epoch"],
                                          label_fraction=flags.fraction, num_labelled=len(indices),
-                                         subset_file=path, num_videos=metrics["num_videos"])
+                                         subset_file=path, num_videos=metrics["num_videos"], data=metrics["data"])
     distributed.cleanup()
     return record
 
