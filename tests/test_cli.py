@@ -6,6 +6,7 @@ import copy
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -111,6 +112,24 @@ def test_main_leaves_the_parsed_args_as_they_were(module, small_root, tmp_path):
     before = copy.deepcopy(vars(args))
     module.main(args)
     assert vars(args) == before
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_bad_flag_is_the_root_cause_of_torchruns_report(small_root, tmp_path):
+    """A user's own torchrun command with a bad flag: each rank stops with the one line, which is also
+    the root cause of the report torchrun prints last (its error file), not a pointer to torchrun's docs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+            "pretrain.py"] + PRETRAIN_TINY + ["--data_root", str(small_root / "data"), "--output_dir",
+                                              str(tmp_path / "out"), "--epochs", "0"]
+    proc = subprocess.run(argv, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.splitlines().count("error: --epochs 0: must be >= 1") == 2  # once per rank
+    assert "  traceback : error: --epochs 0: must be >= 1\n" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 
@@ -122,6 +123,26 @@ def test_common_sh_launches_torchrun_over_nodes_and_reuses_done_steps(tmp_path):
     bad = run_table(2, dict(env, TEACHER_WEIGHTS_DINO_VIT_B16="/w/dino.pth"), timeout=120)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1] == (
         "error: set TEACHER_WEIGHTS_<NAME> for every teacher of 'dino_vit_b16+clip_vit_b16' or for none")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_bad_input_under_torchrun_ends_with_the_ranks_one_line(tmp_path):
+    """A table launched with torchrun on a data folder that is not there: the step ends with the rank's
+    one line as the last thing printed (torchrun's own report above it), and a non-zero status."""
+    env = dict(GPUS_PER_NODE="1", DATA="/nope", RUNS=str(tmp_path / "runs"), RESULTS=str(tmp_path / "results"),
+               MASTER_PORT=str(free_port()), PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    proc = run_table(4, env, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and lines[-1] == "error: --train_list: no such file /nope/k400/train.csv", lines[-5:]
+    assert "ChildFailedError" in proc.stderr and "traceback : error: --train_list" in proc.stderr
+    logs = re.search(r"error_file: (\S+/iboot_torchrun\.\w+)/", proc.stderr).group(1)
+    assert not os.path.exists(logs)  # torchrun's log folder of the step is removed
 
 
 # ---------------------------------------------------------------------------------------------
