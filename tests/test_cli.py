@@ -6,7 +6,6 @@ import copy
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,9 @@ import eval_linear
 import finetune
 import pretrain
 import semisup
-from helpers import EVAL_TINY, PRETRAIN_TINY, run_script
+from helpers import EVAL_TINY, PRETRAIN_TINY, children, free_port, run_script
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PRETRAIN_BAD = [("--epochs", "0"), ("--epochs", "-1"), ("--batch_size_per_gpu", "0"), ("--batch_size_per_gpu", "-2"),
                 ("--base_lr", "0"), ("--base_lr", "-0.1"), ("--base_lr", "nan"), ("--base_lr", "inf"),
@@ -118,10 +119,7 @@ def test_main_leaves_the_parsed_args_as_they_were(module, small_root, tmp_path):
 def test_under_torchrun_a_bad_flag_is_the_root_cause_of_torchruns_report(small_root, tmp_path):
     """A user's own torchrun command with a bad flag: each rank stops with the one line, which is also
     the root cause of the report torchrun prints last (its error file), not a pointer to torchrun's docs."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
             "pretrain.py"] + PRETRAIN_TINY + ["--data_root", str(small_root / "data"), "--output_dir",
                                               str(tmp_path / "out"), "--epochs", "0"]
     proc = subprocess.run(argv, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
@@ -136,19 +134,6 @@ def test_under_torchrun_a_bad_flag_is_the_root_cause_of_torchruns_report(small_r
 # A data-loading worker that dies
 # ----------------------------------------------------------------------------------------------
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def children(pid):
-    """The child processes of `pid` (Linux: /proc/PID/task/TID/children)."""
-    kids = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                kids += [int(k) for k in f.read().split()]
-        except OSError:
-            pass
-    return kids
 
 
 @pytest.mark.slow

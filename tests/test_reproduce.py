@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "reproduce"))
 import collect  # noqa: E402
 import plan  # noqa: E402
+from helpers import free_port  # noqa: E402
 
 TABLES = list(range(1, 12))
 
@@ -123,12 +123,6 @@ def test_common_sh_launches_torchrun_over_nodes_and_reuses_done_steps(tmp_path):
     bad = run_table(2, dict(env, TEACHER_WEIGHTS_DINO_VIT_B16="/w/dino.pth"), timeout=120)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1] == (
         "error: set TEACHER_WEIGHTS_<NAME> for every teacher of 'dino_vit_b16+clip_vit_b16' or for none")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
