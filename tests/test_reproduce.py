@@ -186,7 +186,36 @@ def test_collect_places_records_averages_splits_and_marks_missing(tmp_path):
     assert avg["UCF101 ours"] == "92.0" and avg["UCF101 paper"] == "94.5 (*)"
     assert t10[t10["Method"] == "CVRL [48]"].iloc[0]["UCF101 ours"] == collect.NOT_RUN
     md = open(os.path.join(out, "table1.md")).read()
-    assert "| iBoot | CLIP-ViT | 12.3 | 53.1 | — | 66.5 | — | 92.6 |" in md
+    assert "| iBoot | CLIP-ViT | 12.3 | 53.1 | — | 66.5 | — | 92.6 | — |" in md  # no run folder: no data
+
+
+def write_run(runs, run, list_file, sha256, listed, found, skipped):
+    """A pretraining run folder as pretrain.py leaves it: config.json with its data, log.jsonl's epochs."""
+    folder = os.path.join(runs, run.name)
+    os.makedirs(folder)
+    data = dict(list=list_file, sha256=sha256, data_root="/data/k400", listed=listed, found=found)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(dict(epochs=100, data=dict(train=data)), f)
+    with open(os.path.join(folder, "log.jsonl"), "w") as f:
+        f.writelines(json.dumps(dict(kind="epoch", epoch=e, skipped_videos=s)) + "\n" for e, s in ((1, 9), (2, skipped)))
+
+
+def test_collect_shows_each_rows_pretraining_list_and_says_when_they_differ(tmp_path):
+    res, runs, out = str(tmp_path / "results"), str(tmp_path / "runs"), str(tmp_path / "out")
+    write_record(res, f"{plan.CLIP_NOPOOL.name}__knn", 12.34)
+    write_run(runs, plan.CLIP_NOPOOL, "/data/k400/train.csv", "ab" * 32, 240436, 240001, 3)
+    write_run(runs, plan.DINO_NOPOOL, "/data/k400/train.csv", "ab" * 32, 240436, 240001, 2)
+    collect.main(["--results", res, "--runs", runs, "--out", out, "--tables", "1", "--no_plots"])
+    t1 = pd.read_csv(os.path.join(out, "table1.csv"), dtype=str, keep_default_na=False).set_index("Image model")
+    assert t1.loc["CLIP-ViT", collect.DATA_COLUMN] == "train.csv abababab (240001/240436 found, 3 skipped)"
+    assert t1.loc["DINO-ViT", collect.DATA_COLUMN] == "train.csv abababab (240001/240436 found, 2 skipped)"
+    assert t1.loc["SwAV-R50-w2", collect.DATA_COLUMN] == collect.MISSING  # not run
+    assert "different lists" not in open(os.path.join(out, "table1.md")).read()
+    write_run(str(tmp_path / "runs2"), plan.CLIP_NOPOOL, "/data/k400/train.csv", "ab" * 32, 240436, 240001, 3)
+    write_run(str(tmp_path / "runs2"), plan.DINO_NOPOOL, "/data/k400/train_clean.csv", "cd" * 32, 239000, 239000, 0)
+    collect.main(["--results", res, "--runs", str(tmp_path / "runs2"), "--out", out, "--tables", "1", "--no_plots"])
+    assert ("**Rows pretrained on different lists:** train_clean.csv cdcdcdcd (iBoot / DINO-ViT); train.csv abababab "
+            "(iBoot / CLIP-ViT).") in open(os.path.join(out, "table1.md")).read()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,6 +257,10 @@ def test_smoke_tables_fill_their_cells_beside_the_papers(smoke):
         values = [float(v) for v in ours if v not in (collect.NOT_RUN, collect.MISSING)]
         assert collect.MISSING not in list(ours), md
         assert values and all(0.0 <= v <= 100.0 for v in values), md
+        # every row trained here names the one list it was pretrained on: the synthetic set's
+        trained = [r for r in df[collect.DATA_COLUMN] if r not in (collect.NOT_RUN, collect.MISSING)]
+        assert trained and all(r.startswith("train.csv ") and r.endswith(" skipped)") for r in trained), md
+        assert len({r.split(" (")[0] for r in trained}) == 1 and "different lists" not in md
 
 
 @pytest.mark.slow
