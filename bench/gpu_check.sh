@@ -4,8 +4,8 @@
 #   bash bench/gpu_check.sh
 #
 #   cuda      torch sees the GPU (name, torch and CUDA versions, bf16 support)
-#   pretrain  pretrain.py under torchrun --nproc_per_node 1 (NCCL): slow_r50, 8x224x224 clips, CLIP
-#             ViT-B/16 teacher (random weights: offline), bf16 autocast, 5 iterations, a checkpoint
+#   pretrain  pretrain.py under torchrun --nproc_per_node 1: slow_r50, 8x224x224 clips, CLIP ViT-B/16
+#             teacher (random weights: offline), bf16 autocast, 4 data workers, 5 iterations, a checkpoint
 #   syncbn    under torchrun --nproc_per_node 1 (NCCL): SyncBN's kernels and all-gather give BN's numbers
 #             (nn.SyncBatchNorm skips them in one process, and pretraining converts to SyncBN only
 #             with 2+), and slow_r50 converted to SyncBN trains a step in DDP with bf16 autocast
