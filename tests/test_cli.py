@@ -164,7 +164,8 @@ def test_a_killed_data_worker_ends_the_run_within_seconds_in_one_line(small_root
     last = err.strip().splitlines()[-1]
     assert re.fullmatch(rf"error: a data-loading worker \(pid {workers[1]}\) was killed by SIGKILL, which usually "
                         rf"means the machine ran out of memory \(the kernel's OOM killer\): lower --num_workers or "
-                        rf"--batch_size_per_gpu; run the same command again to resume from the last checkpoint", last), err
+                        rf"--batch_size_per_gpu; run the same command again to resume from the last checkpoint",
+                        last), err
     assert proc.returncode == 1 and "Traceback" not in err and "Exception ignored" not in err, err
     assert seconds < 15, seconds
     time.sleep(0.5)
@@ -180,7 +181,7 @@ def test_pytorchs_words_for_a_dead_worker_name_its_pid_and_signal():
     assert cli._death_named_by_pytorch(RuntimeError(
         "DataLoader worker (pid 7) is killed by signal: Bus error. It is possible that dataloader's workers are "
         "out of shared memory.")) == (7, -signal.SIGBUS)
-    assert cli._death_named_by_pytorch(RuntimeError(
-        "DataLoader worker (pid 8) exited unexpectedly with exit code 3. Details are lost due to multiprocessing.")) == (8, 3)
+    assert cli._death_named_by_pytorch(RuntimeError("DataLoader worker (pid 8) exited unexpectedly with exit code 3. "
+                                                    "Details are lost due to multiprocessing.")) == (8, 3)
     assert cli._death_named_by_pytorch(RuntimeError("DataLoader worker (pid(s) 5, 6) exited unexpectedly")) == (5, None)
     assert cli._death_named_by_pytorch(ValueError("--epochs 0: must be >= 1")) is None

@@ -569,9 +569,9 @@ def test_validation_labels_training_never_saw_stop_an_evaluation(small_root, tmp
     val = write_list(tmp_path / "val.csv", val_rows)
     with pytest.raises(ValueError) as e:
         run_script(eval_knn, knn_argv(small_root, tmp_path, train, val))
-    assert str(e.value) == (f"2 of the 9 videos of the csv val list ({val}) have labels that the csv train list ({train}) "
-                            f"does not have (2 classes; first: 7, 9): no classifier can get them right; fix the lists, "
-                            f"or pass --allow_unseen_labels to score them anyway (open-set)")
+    assert str(e.value) == (f"2 of the 9 videos of the csv val list ({val}) have labels that the csv train list "
+                            f"({train}) does not have (2 classes; first: 7, 9): no classifier can get them right; fix "
+                            f"the lists, or pass --allow_unseen_labels to score them anyway (open-set)")
     assert not (tmp_path / "knn").exists() and not (tmp_path / "res").exists()
     with pytest.raises(ValueError, match=r"^2 of the 9 videos of the csv val list"):
         run_script(eval_linear, knn_argv(small_root, tmp_path, train, val) + ["--epochs", "1", "--warmup_epochs", "0"])
@@ -639,7 +639,8 @@ def test_records_state_the_data_they_saw(small_root, tmp_path, tiny_mp4):
         "train": dict(list=train, sha256=sha["train"], data_root=str(tmp_path), listed=20, found=19, skipped=1),
         "val": dict(list=val, sha256=sha["val"], data_root=str(tmp_path), listed=9, found=9, skipped=0)}
     with open(tmp_path / "knn" / "config.json") as f:
-        assert json.load(f)["data"] == {k: {f: v for f, v in d.items() if f != "skipped"} for k, d in record["data"].items()}
+        config = json.load(f)["data"]
+    assert config == {k: {f: v for f, v in d.items() if f != "skipped"} for k, d in record["data"].items()}
     out = tmp_path / "pretrain"
     run_script(pretrain, PRETRAIN_TINY + ["--dataset", "csv", "--train_list", val, "--data_root", str(tmp_path),
                                           "--val_list", val, "--output_dir", str(out), "--monitor_videos", "0"])

@@ -197,7 +197,8 @@ def write_run(runs, run, list_file, sha256, listed, found, skipped):
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(dict(epochs=100, data=dict(train=data)), f)
     with open(os.path.join(folder, "log.jsonl"), "w") as f:
-        f.writelines(json.dumps(dict(kind="epoch", epoch=e, skipped_videos=s)) + "\n" for e, s in ((1, 9), (2, skipped)))
+        for epoch, n in ((1, 9), (2, skipped)):
+            f.write(json.dumps(dict(kind="epoch", epoch=epoch, skipped_videos=n)) + "\n")
 
 
 def test_collect_shows_each_rows_pretraining_list_and_says_when_they_differ(tmp_path):
