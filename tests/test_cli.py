@@ -3,6 +3,7 @@ the flags a script reads are read-only, and main() leaves the parsed args as the
 worker that dies ends the run within seconds in one line."""
 import argparse
 import copy
+import json
 import os
 import re
 import signal
@@ -148,10 +149,12 @@ def test_a_killed_data_worker_ends_the_run_within_seconds_in_one_line(small_root
         "--max_iters_per_epoch", "0", "--log_every", "1", "--monitor_videos", "0"]
     proc = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline, log = time.time() + 300, out / "log.jsonl"
-    while time.time() < deadline and proc.poll() is None and not (log.exists() and len(children(proc.pid)) == 2):
-        time.sleep(0.05)
-    workers = children(proc.pid)
+    deadline, log, workers = time.time() + 300, out / "log.jsonl", []
+    while time.time() < deadline and proc.poll() is None and len(workers) != 2:
+        time.sleep(0.02)  # mid-epoch (9 iterations each), where no worker is starting or ending
+        if log.exists() and any(r.get("kind") == "step" and r["iter"] in (2, 3) for r in map(
+                json.loads, log.read_text().splitlines()[-1:])):
+            workers = [w for w in children(proc.pid) if open(f"/proc/{w}/stat").read().split()[2] != "Z"]
     assert len(workers) == 2, proc.communicate()[1][-2000:]
     os.kill(workers[1], signal.SIGKILL)
     killed = time.time()
