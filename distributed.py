@@ -42,7 +42,7 @@ def init(device_flag="auto"):
 def attempt_store(store):
     """The key-value store of this attempt of the run: torchrun keeps its store when it restarts the ranks
     (--max-restarts), so that the keys the killed attempt left (e.g. the address of its rank 0) would be
-    read by the new one, which then waits on a dead peer until it times out (pytorch/pytorch#135712).
+    read by the new one, which then waits on a dead peer until it times out.
     Every attempt gets its own namespace: torchrun's restart count, the same on every node."""
     return dist.PrefixStore(f"iboot/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
