@@ -466,10 +466,11 @@ def check_eval_lists(train, test, allow_unseen=False):
     if unseen and not allow_unseen:
         classes = sorted(set(unseen))
         names = [("(no label)" if lab < 0 else te.classes[lab] if te.classes else str(lab)) for lab in classes]
-        raise ValueError(f"{len(unseen)} of the {len(te.videos)} videos of the {_named(te.source)} have labels that "
-                         f"the {_named(tr.source)} does not have ({len(classes)} classes; first: "
-                         f"{', '.join(names[:5])}): no classifier can get them right; fix the lists, or pass "
-                         f"--allow_unseen_labels to score them anyway (open-set)")
+        which = (f"labels {', '.join(names)}" if len(names) <= 5 else
+                 f"{len(names)} labels; first: {', '.join(names[:5])}")
+        raise ValueError(f"{len(unseen)} of the {len(te.videos)} videos of the {_named(te.source)} have a label that "
+                         f"the {_named(tr.source)} does not have ({which}): no classifier can get them right; fix "
+                         f"the lists, or pass --allow_unseen_labels to score them anyway (open-set)")
     return len(unseen)
 
 

@@ -569,9 +569,9 @@ def test_validation_labels_training_never_saw_stop_an_evaluation(small_root, tmp
     val = write_list(tmp_path / "val.csv", val_rows)
     with pytest.raises(ValueError) as e:
         run_script(eval_knn, knn_argv(small_root, tmp_path, train, val))
-    assert str(e.value) == (f"2 of the 9 videos of the csv val list ({val}) have labels that the csv train list "
-                            f"({train}) does not have (2 classes; first: 7, 9): no classifier can get them right; fix "
-                            f"the lists, or pass --allow_unseen_labels to score them anyway (open-set)")
+    assert str(e.value) == (f"2 of the 9 videos of the csv val list ({val}) have a label that the csv train list "
+                            f"({train}) does not have (labels 7, 9): no classifier can get them right; fix the lists, "
+                            f"or pass --allow_unseen_labels to score them anyway (open-set)")
     assert not (tmp_path / "knn").exists() and not (tmp_path / "res").exists()
     with pytest.raises(ValueError, match=r"^2 of the 9 videos of the csv val list"):
         run_script(eval_linear, knn_argv(small_root, tmp_path, train, val) + ["--epochs", "1", "--warmup_epochs", "0"])
@@ -595,7 +595,7 @@ def test_class_names_of_a_validation_list_take_the_training_lists_ids(tmp_path, 
     (tmp_path / "val2.csv").write_text("path,label\nv/a.mp4,run\nv/d.mp4,swim\n")
     val2 = data.build_dataset("csv", root=str(tmp_path), split="val", list_file=str(tmp_path / "val2.csv"),
                               crop_size=16)
-    with pytest.raises(ValueError, match=r"^1 of the 2 videos of the csv val list .* \(1 classes; first: swim\)"):
+    with pytest.raises(ValueError, match=r"^1 of the 2 videos of the csv val list .* \(labels swim\)"):
         data.check_eval_lists(train, val2)
     assert data.check_eval_lists(train, val2, allow_unseen=True) == 1
     assert [y for _, y in val2.videos] == [1, 3]  # swim: an id no training video has
