@@ -466,7 +466,7 @@ def check_eval_lists(train, test, allow_unseen=False):
     if unseen and not allow_unseen:
         classes = sorted(set(unseen))
         names = [("(no label)" if lab < 0 else te.classes[lab] if te.classes else str(lab)) for lab in classes]
-        which = (f"labels {', '.join(names)}" if len(names) <= 5 else
+        which = (f"label{'s' * (len(names) > 1)} {', '.join(names)}" if len(names) <= 5 else
                  f"{len(names)} labels; first: {', '.join(names[:5])}")
         raise ValueError(f"{len(unseen)} of the {len(te.videos)} videos of the {_named(te.source)} have a label that "
                          f"the {_named(tr.source)} does not have ({which}): no classifier can get them right; fix "
