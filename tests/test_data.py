@@ -618,7 +618,8 @@ def test_a_list_with_every_video_twice_is_a_warning_line(small_root, tmp_path, c
     rows = small_lists(small_root, tmp_path)
     twice = write_list(tmp_path / "twice.csv", rows["train"] + rows["train"])
     run_script(pretrain, PRETRAIN_TINY + ["--dataset", "csv", "--train_list", twice, "--val_list",
-                                          str(small_root / "data" / "val.csv"), "--output_dir", str(tmp_path / "run")])
+                                          str(small_root / "data" / "val.csv"), "--output_dir", str(tmp_path / "run"),
+                                          "--teacher", "efficientnet_lite0", "--monitor_videos", "0"])
     warnings = [line for line in capsys.readouterr().out.splitlines() if "more than once" in line]
     assert warnings == [f"warning: 18 videos of the csv train list are listed more than once (18 extra copies of 36 "
                         f"lines; first: {rows['train'][0][0]}); each copy counts as a video"]
@@ -643,7 +644,8 @@ def test_records_state_the_data_they_saw(small_root, tmp_path, tiny_mp4):
     assert config == {k: {f: v for f, v in d.items() if f != "skipped"} for k, d in record["data"].items()}
     out = tmp_path / "pretrain"
     run_script(pretrain, PRETRAIN_TINY + ["--dataset", "csv", "--train_list", val, "--data_root", str(tmp_path),
-                                          "--val_list", val, "--output_dir", str(out), "--monitor_videos", "0"])
+                                          "--val_list", val, "--output_dir", str(out), "--monitor_videos", "0",
+                                          "--teacher", "efficientnet_lite0"])
     with open(out / "config.json") as f:
         assert json.load(f)["data"] == {"train": dict(list=val, sha256=sha["val"], data_root=str(tmp_path), listed=9,
                                                       found=9)}
