@@ -595,7 +595,7 @@ def test_class_names_of_a_validation_list_take_the_training_lists_ids(tmp_path, 
     (tmp_path / "val2.csv").write_text("path,label\nv/a.mp4,run\nv/d.mp4,swim\n")
     val2 = data.build_dataset("csv", root=str(tmp_path), split="val", list_file=str(tmp_path / "val2.csv"),
                               crop_size=16)
-    with pytest.raises(ValueError, match=r"^1 of the 2 videos of the csv val list .* \(labels swim\)"):
+    with pytest.raises(ValueError, match=r"^1 of the 2 videos of the csv val list .* \(label swim\)"):
         data.check_eval_lists(train, val2)
     assert data.check_eval_lists(train, val2, allow_unseen=True) == 1
     assert [y for _, y in val2.videos] == [1, 3]  # swim: an id no training video has
