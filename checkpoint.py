@@ -46,7 +46,7 @@ _TMP_PREFIX = ".tmp_"
 # resumed with other values for them (every other flag must agree).
 FREE_FLAGS = frozenset({"output_dir", "log_every", "tensorboard", "num_workers", "saveckp_freq", "device",
                         "knn_eval", "eval_freq", "results_dir", "run_name", "dump_features", "monitor_videos",
-                        "knn_every", "trust_checkpoint"})
+                        "knn_every", "trust_checkpoint", "allow_unseen_labels"})
 
 
 def _new_file_mode():

@@ -190,7 +190,7 @@ def train_classifier(model, train_set, test_set, flags, device):
     (--warmup_start_lr -> --lr over --warmup_epochs) then cosine to 0; a checkpoint every epoch (and on
     SIGTERM / Ctrl-C, mid-epoch) in --output_dir, resumed when the run is started again with the same
     flags; a test every --eval_freq epochs and at the end. Returns the final test metrics with the best
-    top-1 seen ("best_top1", "best_epoch")."""
+    top-1 seen ("best_top1", "best_epoch") and the data seen ("data": data.fingerprints)."""
     loader, _ = data.train_loader(train_set, flags.batch_size_per_gpu, flags.num_workers, flags.seed, device)
     if len(loader) == 0:
         raise ValueError(f"the training set has {len(train_set)} videos, fewer than one global batch of "
@@ -235,7 +235,8 @@ def train_classifier(model, train_set, test_set, flags, device):
     run.fit(step, state, after_epoch=periodic_test)
     metrics = evaluate_multiview(model, test_set, device, flags)
     best = _better(state.extra["best"], metrics, flags.epochs)
-    metrics.update(best_top1=best["top1"], best_epoch=best["epoch"])
+    metrics.update(best_top1=best["top1"], best_epoch=best["epoch"],
+                   data=data.fingerprints(train_set, test_set, skipped=(run.last_skipped, metrics["skipped"])))
     run.logger.log(kind="test", epoch=flags.epochs, **metrics)
     return metrics
 
@@ -248,6 +249,7 @@ def finetune(flags, device, backbone, official_split, output_dir, train_subset=N
     hflip = not (flags.no_flip or flags.dataset == "ssv2")  # SSv2 labels name directions
     train_set = data.build_split(flags, "train", "train", official_split=official_split, hflip=hflip)
     test_set = data.build_split(flags, "val", "test", official_split=official_split)
+    data.check_eval_lists(train_set, test_set, flags.allow_unseen_labels)
     num_classes = data.num_classes_of(train_set)
     if train_subset is not None:
         train_set = torch.utils.data.Subset(train_set, train_subset)

@@ -9,6 +9,10 @@
     build_split / eval_loader               an evaluation's training or test set; a test set's shard per rank
     SkippedVideos                           the undecodable videos: listed, counted, too many stop the run
     check_files / write_missing_videos      start-up check that the listed videos exist
+    warn_duplicates / check_eval_lists      paths listed twice (a warning), train/test overlap and test
+                                            labels training lacks (errors)
+    fingerprint(s)(dataset, skipped)        what a run's records state of its data: list file, sha256, root,
+                                            videos listed, found, skipped
     make_synthetic_dataset                  small H.264 mp4 set, deterministic from a seed, cached
     ensure_synthetic_dataset                the set in a folder: the one there, else the default one (rank 0)
 
@@ -30,6 +34,7 @@ the training loop reports the count each epoch.
 """
 import colorsys
 import csv
+import hashlib
 import json
 import math
 import os
@@ -381,6 +386,95 @@ def check_files(videos, skip_missing=False, what="video list"):
 
 
 # ----------------------------------------------------------------------------------------------
+# What a list holds: copies, overlaps, labels, fingerprints
+# ----------------------------------------------------------------------------------------------
+
+def warn_duplicates(videos, what="video list"):
+    """A warning line when a path is listed more than once: each copy counts as a video, so it weighs
+    twice in training (and in a test score). Returns the number of extra copies."""
+    counts = {}
+    for path, _ in videos:
+        key = os.path.normpath(path)
+        counts[key] = counts.get(key, 0) + 1
+    repeated = [p for p, n in counts.items() if n > 1]
+    extra = sum(counts[p] - 1 for p in repeated)
+    if extra:
+        records.print_main(f"warning: {len(repeated)} videos of the {what} are listed more than once ({extra} extra "
+                           f"copies of {len(videos)} lines; first: {repeated[0]}); each copy counts as a video")
+    return extra
+
+
+def list_source(videos, list_file, root, what):
+    """Where a list comes from: its file and the file's sha256 (for data sets read from official split
+    files or folders, list None and the sha256 of the listing: a `path<TAB>label` line per video, paths
+    relative to the root), the data root and the number of videos listed."""
+    if list_file is not None and os.path.isfile(list_file):
+        digest = hashlib.sha256()
+        with open(list_file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    else:
+        list_file = None
+        listing = "".join(f"{os.path.relpath(p, root) if root else p}\t{lab}\n" for p, lab in videos)
+        digest = hashlib.sha256(listing.encode())
+    return dict(what=what, list=None if list_file is None else os.path.abspath(list_file), sha256=digest.hexdigest(),
+                data_root=None if root is None else os.path.abspath(root), listed=len(videos))
+
+
+def fingerprint(dataset, skipped=None):
+    """The data a run saw of one list, for its records: the list file and its sha256, the data root, the
+    videos listed, found (listed and present) and, when given, skipped (present but undecodable)."""
+    base = _base(dataset)
+    source = getattr(base, "source", None) or dict(list=None, sha256=None, data_root=None, listed=len(base))
+    out = {k: v for k, v in source.items() if k not in ("what", "split")}
+    out["found"] = len(base)
+    if skipped is not None:
+        out["skipped"] = int(skipped)
+    return out
+
+
+def fingerprints(*datasets, skipped=()):
+    """{split: fingerprint} of a run's data sets (skipped: their counts, in the same order)."""
+    skipped = list(skipped) + [None] * (len(datasets) - len(skipped))
+    return {getattr(_base(d), "source", {}).get("split", f"set{i}"): fingerprint(d, k)
+            for i, (d, k) in enumerate(zip(datasets, skipped))}
+
+
+def _named(source):
+    return source["what"] + (f" ({source['list']})" if source["list"] else "")
+
+
+def check_eval_lists(train, test, allow_unseen=False):
+    """An evaluation's training and test sets, before anything is scored: a video in both stops the run
+    (its score would be no test); the test labels are put on the training set's class ids (by name when
+    both lists name their classes); test labels that training does not have stop the run with their
+    count and first classes (no classifier can get those videos right), unless allow_unseen (open-set:
+    they are scored, and always wrong)."""
+    tr, te = _base(train), _base(test)
+    both = sorted({os.path.normpath(p) for p, _ in tr.videos} & {os.path.normpath(p) for p, _ in te.videos})
+    if both:
+        raise ValueError(f"{len(both)} videos are in both the {_named(tr.source)} and the {_named(te.source)} "
+                         f"(first: {both[0]}): a score on them is no test; remove them from one of the lists")
+    if tr.classes and te.classes and tr.classes != te.classes:
+        ids = {name: i for i, name in enumerate(tr.classes)}
+        extra = sorted(set(te.classes) - set(ids))
+        ids.update({name: len(tr.classes) + i for i, name in enumerate(extra)})
+        te.videos = [(p, ids[te.classes[lab]] if lab >= 0 else lab) for p, lab in te.videos]
+        te.classes = list(tr.classes) + extra
+    seen = {lab for _, lab in tr.videos}
+    unseen = [lab for _, lab in te.videos if lab not in seen]
+    if unseen and not allow_unseen:
+        classes = sorted(set(unseen))
+        names = [("(no label)" if lab < 0 else te.classes[lab] if te.classes else str(lab)) for lab in classes]
+        which = (f"label{'s' * (len(names) > 1)} {', '.join(names)}" if len(names) <= 5 else
+                 f"{len(names)} labels; first: {', '.join(names[:5])}")
+        raise ValueError(f"{len(unseen)} of the {len(te.videos)} videos of the {_named(te.source)} have a label that "
+                         f"the {_named(tr.source)} does not have ({which}): no classifier can get them right; fix "
+                         f"the lists, or pass --allow_unseen_labels to score them anyway (open-set)")
+    return len(unseen)
+
+
+# ----------------------------------------------------------------------------------------------
 # List readers: each returns (videos, classes) with videos a list of (absolute path, label or None)
 # ----------------------------------------------------------------------------------------------
 
@@ -535,25 +629,37 @@ def read_folder(root, split="train"):
     return videos, classes
 
 
+def list_file_of(name, root=None, split="train", list_file=None):
+    """The list file a kinetics, csv or synthetic set is read from: `list_file`, else root/{split}.csv
+    (PySlowFast's {PATH_TO_DATA_DIR}/{train,val,test}.csv); None for the data sets read from official
+    split files or folders."""
+    if name not in ("kinetics", "csv", "synthetic"):
+        return None
+    if name == "synthetic":
+        split = "val" if _is_eval_split(split) else "train"
+    if list_file is None and root is not None:
+        list_file = os.path.join(root, f"{'val' if split == 'validation' else split}.csv")
+    return list_file
+
+
 def read_video_list(name, root=None, split="train", list_file=None, official_split=1):
     """(videos, classes) for a data set name of DATASETS."""
     if name not in DATASETS:
         raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}, got {name!r}")
     if name in ("kinetics", "csv"):
-        # PySlowFast: {PATH_TO_DATA_DIR}/{train,val,test}.csv. Never another list in place of a missing
-        # one: validating on the training list would print a number that means nothing.
+        # Never another list in place of a missing one: validating on the training list would print a
+        # number that means nothing.
         flag = _list_flag(split)
         if list_file is None:
             if root is None:
                 raise ValueError(f"--data_root is required for --dataset {name} unless {flag} is given")
-            list_file = os.path.join(root, f"{'val' if split == 'validation' else split}.csv")
+            list_file = list_file_of(name, root, split)
             if not os.path.isfile(list_file):
                 raise FileNotFoundError(f"{flag}: no list given and {list_file} does not exist; pass {flag} FILE")
         read = read_kinetics_list if name == "kinetics" else read_csv_list
         return read(list_file, root, flag)
     if name == "synthetic":
-        split = "val" if _is_eval_split(split) else "train"
-        return read_csv_list(list_file or os.path.join(root, f"{split}.csv"), root, _list_flag(split))
+        return read_csv_list(list_file_of(name, root, split, list_file), root, _list_flag(split))
     if root is None:
         raise ValueError(f"--data_root is required for --dataset {name}")
     if name == "ucf101":
@@ -568,18 +674,23 @@ def read_video_list(name, root=None, split="train", list_file=None, official_spl
 def build_dataset(name, root=None, split="train", list_file=None, official_split=1, skip_missing=False,
                   **sampling):
     """VideoDataset over a named data set; sampling keywords go to VideoDataset (num_clips, mode, ...).
-    Its `sampling` (PySlowFast dataset class) defaults to the data set's: default_sampling(name)."""
+    Its `sampling` (PySlowFast dataset class) defaults to the data set's: default_sampling(name). A path
+    listed more than once is a warning line (each copy counts as a video); the set's `source` is what
+    fingerprint() states."""
     if sampling.get("sampling") is None:
         sampling["sampling"] = default_sampling(name)
     videos, classes = read_video_list(name, root, split, list_file, official_split)
+    what = f"{name} {split} list"
     if not videos:
         raise ValueError(f"--dataset {name}: the {split} list under {root or list_file} is empty")
-    videos, missing = check_files(videos, skip_missing, what=f"{name} {split} list")
+    warn_duplicates(videos, what)
+    source = dict(list_source(videos, list_file_of(name, root, split, list_file), root, what), split=split)
+    videos, missing = check_files(videos, skip_missing, what=what)
     dataset = VideoDataset(videos, classes=classes, **sampling)
-    dataset.missing = missing
+    dataset.missing, dataset.source = missing, source
     if missing:
-        records.print_main(f"warning: {len(missing)} of {len(videos) + len(missing)} videos of the {name} {split} "
-                         f"list do not exist and are left out (--skip_missing); first: {missing[0]}")
+        records.print_main(f"warning: {len(missing)} of {len(videos) + len(missing)} videos of the {what} "
+                           f"do not exist and are left out (--skip_missing); first: {missing[0]}")
     return dataset
 
 

@@ -1,6 +1,7 @@
 """Processes of a run: torchrun sets RANK, WORLD_SIZE, LOCAL_RANK; plain `python script.py` is one process.
 
-    init(device_flag)                  join the torchrun process group: (rank, world_size, device)
+    init(device_flag)                  join the torchrun process group: (rank, world_size, device); each
+                                       attempt of a run torchrun restarts in its own store namespace
     rank() / world_size() / is_main()  this process, all of them, rank 0
     barrier / all_reduce_sum / all_gather_variable / gather_objects   what the loops exchange
     ddp(model, device) / sync_batchnorm(model, device)   DDP and synchronised BN under torchrun
@@ -30,10 +31,20 @@ def init(device_flag="auto"):
         else:
             device = torch.device("cpu")
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                    timeout=datetime.timedelta(minutes=30))
+            timeout = datetime.timedelta(minutes=30)
+            store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=attempt_store(store),
+                                    rank=rank_, world_size=world, timeout=timeout)
         return rank_, world, device
     return 0, 1, torch.device(device_flag)
+
+
+def attempt_store(store):
+    """The key-value store of this attempt of the run: torchrun keeps its store when it restarts the ranks
+    (--max-restarts), so that the keys the killed attempt left (e.g. the address of its rank 0) would be
+    read by the new one, which then waits on a dead peer until it times out.
+    Every attempt gets its own namespace: torchrun's restart count, the same on every node."""
+    return dist.PrefixStore(f"iboot/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def is_distributed():

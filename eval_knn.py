@@ -31,7 +31,7 @@ import records
 
 PAPER_DEFAULTS = protocols.KNN
 SYNTHETIC_DEFAULTS = protocols.KNN_SYNTHETIC
-FLAG_RULES = dict(nb_knn=">=1", temperature=">0")
+FLAG_RULES = dict(nb_knn=">=1", temperature=">0", dump_features="folder")
 
 
 def get_args_parser():
@@ -63,7 +63,9 @@ def main(args):
     flags, device = protocols.prepare(args, PAPER_DEFAULTS, SYNTHETIC_DEFAULTS, FLAG_RULES)
     flags, encoder = protocols.with_backbone(flags, device)
     sets = (data.build_split(flags, "train", "test"), data.build_split(flags, "val", "test"))
-    records.save_config(flags, flags.output_dir)
+    data.check_eval_lists(*sets, flags.allow_unseen_labels)
+    records.lock_output_dir(flags.output_dir)
+    records.save_config(flags, flags.output_dir, data=data.fingerprints(*sets))
     data.write_missing_videos(flags.output_dir, *sets)
     records.print_main(f"k-NN | {flags.arch} from {flags.pretrained} | {len(sets[0])} train / {len(sets[1])} val "
                        f"videos | {flags.world_size} process(es) on {device} | {flags.precision} | "
@@ -78,6 +80,7 @@ def main(args):
     if flags.dump_features and distributed.is_main():
         dump_features(flags.dump_features, sets, features)
     num_classes = data.num_classes_of(sets[0])
+    seen = data.fingerprints(*sets, skipped=[len(s) - len(f) for s, (f, _, _) in zip(sets, features)])
     record = None
     for k in flags.nb_knn:
         top1, top5 = knn.knn_accuracy(train_f, train_y, val_f, val_y, k, num_classes, temperature=flags.temperature)
@@ -86,7 +89,7 @@ def main(args):
         # One record per k; the run name carries k when several are asked for.
         run_name = f"{flags.run_name}_k{k}" if len(flags.nb_knn) > 1 else flags.run_name
         record = protocols.write_eval_record(cli.freeze(flags, run_name=run_name), "knn", "val", top1, top5=top5, k=k,
-                                             views=views, num_train=len(train_f), num_videos=len(val_f))
+                                             views=views, num_train=len(train_f), num_videos=len(val_f), data=seen)
     distributed.cleanup()
     return record
 

@@ -38,6 +38,7 @@ def main(args):
     flags, encoder = protocols.with_backbone(flags)
     train_set = data.build_split(flags, "train", "train")
     test_set = data.build_split(flags, "val", "test")
+    data.check_eval_lists(train_set, test_set, flags.allow_unseen_labels)
     torch.manual_seed(rng.derive_seed(flags.seed, "head"))  # the same classifier initialisation on every process
     model = classifier.VideoClassifier(encoder, data.num_classes_of(train_set), freeze_backbone=True,
                                        test_window=classifier.head_window(flags))
@@ -50,7 +51,8 @@ def main(args):
                        f"{metrics['num_videos']} videos): top-1 {metrics['top1']:.2f}% | top-5 {metrics['top5']:.2f}%")
     record = protocols.write_eval_record(flags, "linear", "val", metrics["top1"], top5=metrics["top5"],
                                          best_top1=metrics["best_top1"], best_epoch=metrics["best_epoch"],
-                                         num_videos=metrics["num_videos"], skipped_videos=metrics["skipped"])
+                                         num_videos=metrics["num_videos"], skipped_videos=metrics["skipped"],
+                                         data=metrics["data"])
     distributed.cleanup()
     return record
 

@@ -72,8 +72,10 @@ def main(args):
     if len(splits) > 1:
         records.print_main(f"fine-tuning on {flags.dataset}, mean of splits {splits}: top-1 {top1:.2f}% | "
                            f"top-5 {top5:.2f}%")
+    seen = {(k if len(per_split) == 1 else f"split{s} {k}"): v
+            for s, m in per_split.items() for k, v in m["data"].items()}
     record = protocols.write_eval_record(
-        flags, "finetune", flags.split, top1, top5=top5, num_frames=flags.num_frames,
+        flags, "finetune", flags.split, top1, top5=top5, num_frames=flags.num_frames, data=seen,
         views=f"{flags.test_clips}x{flags.test_crops}",
         per_split={str(s): {k: m[k] for k in ("top1", "top5", "best_top1", "best_epoch", "num_videos")}
                    for s, m in per_split.items()})

@@ -26,18 +26,15 @@ videos not recorded there (their leftover .part files are removed first). Flags 
 must be the same. --num_workers processes, each one video at a time on one thread.
 """
 import argparse
-import contextlib
 import csv
 import ctypes
 import errno
-import fcntl
 import hashlib
 import io
 import json
 import multiprocessing
 import os
 import signal
-import time
 
 import av
 
@@ -340,27 +337,6 @@ def manifest_text(args, settings, records):
     return json.dumps(head, sort_keys=True)[:-1] + f', "records": [\n{body}\n]}}\n'
 
 
-@contextlib.contextmanager
-def locked(folder, wait=5.0):
-    """Hold folder's lock (flock on the folder itself, released by the system when the holder dies) so
-    that two runs never write one copy; a killed run's workers get `wait` seconds to die."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise cli.SetupError(f"--output_dir {folder}: another prepare.py is writing there; wait "
-                                         f"for it to end") from None
-                time.sleep(0.1)
-        yield
-    finally:
-        os.close(fd)
-
-
 def run_jobs(jobs, args, journal, total):
     """Run the jobs (in --num_workers processes), appending each record to the journal as it comes.
     Returns the records; a full disk (while copying or writing the journal) stops every worker and
@@ -419,21 +395,21 @@ def copy_all(args, videos, classes, plan):
     """Under output_dir's lock: the copies not finished before, then the list, broken list and manifest.
     Returns write_outputs' (good videos, broken records, manifest SHA-256)."""
     paths, settings = output_paths(args.output_dir, args.split), settings_of(args)
+    records.lock_output_dir(args.output_dir)  # one run writes a copy (held until the process ends)
     for folder in sorted({os.path.dirname(dst) for dst in plan.values()} | {args.output_dir}):
         os.makedirs(folder, exist_ok=True)  # every folder, even of a class whose videos are all broken
-    with locked(args.output_dir):
-        stale = remove_temporaries(args.output_dir)
-        finished = {src: r for src, r in load_finished(paths, args.output_dir, settings).items() if src in plan}
-        jobs = [(src, dst, os.path.abspath(args.output_dir), settings) for src, dst in plan.items()
-                if src not in finished]
-        if finished or stale:
-            print(f"resuming: {len(finished)} of {len(plan)} videos done before"
-                  + (f"; {stale} unfinished .part files removed" if stale else ""), flush=True)
-        with open(paths["journal"], "a") as journal:
-            if not os.path.getsize(paths["journal"]):
-                journal.write(json.dumps(dict(settings=settings)) + "\n")
-            records = run_jobs(jobs, args, journal, len(plan))
-        return write_outputs(args, videos, classes, plan, {**finished, **{r["source"]["path"]: r for r in records}})
+    stale = remove_temporaries(args.output_dir)
+    finished = {src: r for src, r in load_finished(paths, args.output_dir, settings).items() if src in plan}
+    jobs = [(src, dst, os.path.abspath(args.output_dir), settings) for src, dst in plan.items()
+            if src not in finished]
+    if finished or stale:
+        print(f"resuming: {len(finished)} of {len(plan)} videos done before"
+              + (f"; {stale} unfinished .part files removed" if stale else ""), flush=True)
+    with open(paths["journal"], "a") as journal:
+        if not os.path.getsize(paths["journal"]):
+            journal.write(json.dumps(dict(settings=settings)) + "\n")
+        done = run_jobs(jobs, args, journal, len(plan))
+    return write_outputs(args, videos, classes, plan, {**finished, **{r["source"]["path"]: r for r in done}})
 
 
 def main(args):

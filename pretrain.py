@@ -154,7 +154,8 @@ def add_training_args(p):
 FLAG_RULES = dict(momentum="[0,1]", epochs=">=1", batch_size_per_gpu=">=1", base_lr=">0", warmup_epochs=">=0",
                   weight_decay=">=0", clip_grad=">=0", saveckp_freq=">=0", log_every=">=1", max_iters_per_epoch=">=0",
                   num_frames=">=1", stride=">=1", crop_size="[32,1024]", num_workers=">=0", seed=">=0",
-                  split=(1, 2, 3), max_skip_share="[0,1]", monitor_videos=">=0", knn_every=">=0")
+                  split=(1, 2, 3), max_skip_share="[0,1]", monitor_videos=">=0", knn_every=">=0",
+                  output_dir="folder")
 # Weights of the encoder grown this many times beyond their initial norm: the run has diverged (the loss
 # 2 - 2 cos is bounded, so it cannot show it). LARS moves a weight by lr x 0.001 of its norm per step, so
 # the paper's runs change norms by a few times at most; --base_lr 1e6 on slow_tiny took them from 87 to

@@ -85,6 +85,9 @@ def add_eval_args(p, paper_defaults, training=True):
                    help=f"folder of the videos (and list/split files); for --dataset synthetic {data.SYNTHETIC_ROOT}")
     g.add_argument("--train_list", default=None, help="training list for kinetics/csv (default: the root's)")
     g.add_argument("--val_list", default=None, help="validation list for kinetics/csv (default: the root's)")
+    g.add_argument("--allow_unseen_labels", action="store_true",
+                   help="score validation videos whose label the training list does not have (open-set; they can "
+                        "never be right); without it such labels stop the run at start-up")
     data.add_bad_video_args(g)
     g.add_argument("--num_frames", type=int, default=None, help="T frames per clip" + paper("num_frames"))
     g.add_argument("--stride", type=int, default=None, help="tau, frame stride" + paper("stride"))
@@ -159,7 +162,8 @@ def add_run_args(p, paper_defaults, training):
 FLAG_RULES = dict(num_frames=">=1", stride=">=1", crop_size="[32,1024]", test_clips=">=1", test_crops=(1, 3),
                   num_workers=">=0", batch_size_per_gpu=">=1", epochs=">=1", lr=">0", warmup_epochs=">=0",
                   warmup_start_lr=">=0", weight_decay=">=0", bn_weight_decay=">=0", eval_freq=">=0",
-                  max_iters_per_epoch=">=0", seed=">=0", log_every=">=1", max_skip_share="[0,1]", pretrain_epochs=">=0")
+                  max_iters_per_epoch=">=0", seed=">=0", log_every=">=1", max_skip_share="[0,1]", pretrain_epochs=">=0",
+                  output_dir="folder", results_dir="folder")
 
 
 
@@ -216,18 +220,19 @@ def add_finetune_args(p):
 # Records
 # ----------------------------------------------------------------------------------------------
 
-def eval_record(flags, protocol, split, value, **extra):
+def eval_record(flags, protocol, split, value, data, **extra):
     """The JSON result of an evaluation run: what was evaluated (the backbone's record fields), how,
+    the data it saw ({list: data.fingerprint}: list file, sha256, root, videos listed, found, skipped)
     and the top-1 `value`; reproduce/collect.py places it by its "run" name."""
     return dict(run=flags.run_name, protocol=protocol, method=flags.method, teacher=flags.teacher,
                 pretrain_data=flags.pretrain_data, pretrain_epochs=flags.pretrain_epochs,
                 pretrained=flags.pretrained, arch=flags.arch, dataset=flags.dataset, split=str(split),
-                metric="top1", value=float(value), config=vars(flags), **extra)
+                metric="top1", value=float(value), data=data, config=vars(flags), **extra)
 
 
-def write_eval_record(flags, protocol, split, value, **extra):
+def write_eval_record(flags, protocol, split, value, data, **extra):
     """eval_record written to --results_dir (records.write_result)."""
-    record = eval_record(flags, protocol, split, value, **extra)
+    record = eval_record(flags, protocol, split, value, data, **extra)
     path = records.write_result(flags.results_dir, record)
     if path:
         records.print_main(f"result written to {path}")

@@ -1,16 +1,21 @@
 """What a run writes for people and for reproduce/collect.py: printed lines, progress, logs, records.
 
     print_main(...)                     print on rank 0 only
+    lock_output_dir(folder)             one run writes a folder: an OS lock on folder/.lock, taken before
+                                        anything is written there, held until the process ends
     Progress(total, desc)               a tqdm bar on a terminal, plain lines otherwise (SLURM .out files)
     JsonlLogger(path).log(**record)     one JSON object per line (log.jsonl), rank 0
     save_config(flags, output_dir)      config.json: every flag and run_environment() (code, packages,
-                                        command line, processes)
+                                        command line, processes), and the data the run reads
     write_result(results_dir, record)   one JSON file per evaluation, written atomically
 """
+import errno
+import fcntl
 import importlib.metadata
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +26,51 @@ import distributed
 def print_main(*args, **kwargs):
     if distributed.is_main():
         print(*args, **kwargs, flush=True)
+
+
+LOCK_NAME = ".lock"
+_held_locks = {}  # absolute folder -> file descriptor of its lock, open for the life of the process
+
+
+def lock_output_dir(folder):
+    """One run writes a folder: an exclusive POSIX lock (fcntl.lockf) on folder/.lock, taken before
+    anything is written there and held until the process ends. The kernel releases it when the process
+    dies, SIGKILL included, so no run leaves a stale lock; forked data-loading workers do not inherit it.
+    Under torchrun rank 0 takes it and every rank stops with the same line when another run holds it:
+    "--output_dir F is in use by another run (pid P on HOST since ...)". On network file systems the lock
+    is as good as their fcntl locks (NFS: the lock manager; Lustre: mounted with -o flock); where the
+    file system refuses locks, a warning says that nothing stops a second run and this one goes on."""
+    error = _take_lock(folder) if distributed.is_main() else None
+    error = distributed.gather_objects(error)[0]
+    if error:
+        raise ValueError(error)
+
+
+def _take_lock(folder):
+    """None once this process holds folder's lock (or the file system has no locks), else the line."""
+    key = os.path.abspath(folder)
+    if key in _held_locks:
+        return None
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "its pid not written yet"
+        os.close(fd)
+        if e.errno in (errno.EACCES, errno.EAGAIN):
+            return (f"--output_dir {folder} is in use by another run ({holder}); wait for it to end or stop it, "
+                    f"or pass another --output_dir")
+        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            print_main(f"warning: --output_dir {folder}: its file system does not support locks "
+                       f"({os.strerror(e.errno)}); nothing stops a second run from writing into it")
+            return None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+              .encode(), 0)
+    _held_locks[key] = fd
+    return None
 
 
 class Progress:
@@ -112,11 +162,12 @@ def run_environment():
                                                    "numpy")})
 
 
-def save_config(flags, output_dir, name="config.json"):
-    """config.json beside the checkpoints: every flag, plus run_environment() under "environment"."""
+def save_config(flags, output_dir, name="config.json", data=None):
+    """config.json beside the checkpoints: every flag, plus run_environment() under "environment" and,
+    given, the data the run reads under "data" ({split: data.fingerprint})."""
     if distributed.is_main():
         os.makedirs(output_dir, exist_ok=True)
-        record = dict(vars(flags), environment=run_environment())
+        record = dict(vars(flags), environment=run_environment(), **({} if data is None else dict(data=data)))
         with open(os.path.join(output_dir, name), "w") as f:
             json.dump(record, f, indent=2, sort_keys=True, default=str)
 

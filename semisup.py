@@ -32,7 +32,7 @@ import records
 
 PAPER_DEFAULTS = protocols.SEMISUP
 SYNTHETIC_DEFAULTS = protocols.SEMISUP_SYNTHETIC
-FLAG_RULES = dict(dropout="[0,1)", fraction="(0,100]", subset_seed=">=0")
+FLAG_RULES = dict(dropout="[0,1)", fraction="(0,100]", subset_seed=">=0", subset_dir="folder")
 
 
 def sample_label_subset(labels, percent, seed):
@@ -111,7 +111,7 @@ def main(args):
     record = protocols.write_eval_record(flags, "semisup", "val", metrics["top1"], top5=metrics["top5"],
                                          best_top1=metrics["best_top1"], best_epoch=metrics["best_epoch"],
                                          label_fraction=flags.fraction, num_labelled=len(indices),
-                                         subset_file=path, num_videos=metrics["num_videos"])
+                                         subset_file=path, num_videos=metrics["num_videos"], data=metrics["data"])
     distributed.cleanup()
     return record
 

@@ -6,9 +6,11 @@
                                            synthetic set. Returns (flags, device)
     Schedule                               lr per iteration: linear warm-up, then cosine (MAE's lr_sched)
     Trainer(...)                           the run: loader, module, optimiser, checkpoints, logs
-      .resume(extra) -> RunState           the state saved in --output_dir, only when the flags that
-                                           define the run agree (checkpoint.run_fingerprint)
-      .start(*datasets)                    config.json and the missing-videos list, once resume agreed
+      .resume(extra) -> RunState           --output_dir locked for this run (records.lock_output_dir); the
+                                           state saved there, only when the flags that define the run
+                                           agree (checkpoint.run_fingerprint)
+      .start(*datasets)                    config.json (with the data's fingerprints) and the missing-videos
+                                           list, once resume agreed
       .fit(step, state, after_epoch)       the epochs: lr, step, skipped videos, signal stop with a
                                            mid-epoch checkpoint, epoch record, epoch checkpoint
 
@@ -141,6 +143,7 @@ class Trainer:
                                  flags.warmup_epochs, getattr(flags, "warmup_start_lr", 0.0))
         self.stop = cli.GracefulStop()
         self.skipped = data.SkippedVideos(self.output_dir, flags.max_skip_share)
+        self.last_skipped = None  # undecodable videos of the last epoch trained
         self.logger = None
 
     # ------------------------------------------------------------------------------------------
@@ -149,7 +152,9 @@ class Trainer:
 
     def resume(self, extra=None):
         """The RunState of --output_dir's checkpoint (weights, optimiser and random state restored), or
-        a fresh one with `extra` ({entry: value of a new run}) when there is none."""
+        a fresh one with `extra` ({entry: value of a new run}) when there is none. First of all the
+        folder is locked: a second run with the same --output_dir stops here, before it writes anything."""
+        records.lock_output_dir(self.output_dir)
         extra = dict(extra or {})
         ckpt = checkpoint.resume_run(self.output_dir, self.fingerprint, self.generators,
                                      trust=getattr(self.flags, "trust_checkpoint", False))
@@ -163,12 +168,15 @@ class Trainer:
         return RunState(ckpt["epoch"], ckpt["iteration"], ckpt["partial"], {k: ckpt[k] for k in extra})
 
     def start(self, *datasets):
-        """What a run writes before training, once resume has accepted its flags: config.json, the list
-        of the videos --skip_missing left out, and the log."""
-        records.save_config(self.flags, self.output_dir)
+        """What a run writes before training, once resume has accepted its flags: config.json (with what
+        it reads of each list, data.fingerprints), the list of the videos --skip_missing left out, and the
+        log."""
+        seen = data.fingerprints(*datasets)
+        records.save_config(self.flags, self.output_dir, data=seen)
         data.write_missing_videos(self.output_dir, *datasets)
         tensorboard = os.path.join(self.output_dir, "tensorboard") if getattr(self.flags, "tensorboard", False) else None
         self.logger = records.JsonlLogger(os.path.join(self.output_dir, "log.jsonl"), tensorboard)
+        self.logger.log(kind="data", data=seen)  # at every start: a run resumed on a changed list shows it
 
     def save(self, state):
         keep = getattr(self.flags, "saveckp_freq", 0)
@@ -216,7 +224,7 @@ class Trainer:
 
     def _epoch_stats(self, epoch, sums):
         """The epoch's means over every rank's videos, its last rate and its skipped videos."""
-        skipped = self.skipped.end_epoch(sums["loaded"], self.device, f"epoch {epoch}")
+        skipped = self.last_skipped = self.skipped.end_epoch(sums["loaded"], self.device, f"epoch {epoch}")
         n = max(1.0, distributed.all_reduce_sum(sums["n"], self.device))
         means = {k: distributed.all_reduce_sum(v, self.device) / n for k, v in sorted(sums.items())
                  if k not in ("n", "loaded")}

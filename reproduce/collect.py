@@ -8,7 +8,10 @@ Writes, into --out:
   tableN.md / tableN.csv   the paper's layout, "ours" beside "paper" for each column; a cell we did
                            not get is "—" (MISSING), a row we do not reproduce (other papers' methods)
                            is "n/a" (NOT_RUN); a row we add (Table 1: rhoBYOL with iBoot's
-                           augmentation) has "not in paper" (NOT_IN_PAPER) as its paper cells
+                           augmentation) has "not in paper" (NOT_IN_PAPER) as its paper cells. The
+                           last column is the list the row's run was pretrained on (file, sha256,
+                           videos found of those listed, skipped); a table whose rows were pretrained
+                           on different lists says so under it
   tableN.png               one bar chart per table: ours against the paper, per column
   loss_curves.png          pretraining loss against epochs, every run found
   knn_vs_epochs.png        k-NN top-1 against pretraining epochs (iBoot and rhoBYOL: the paper's
@@ -27,12 +30,13 @@ import re
 
 import pandas as pd
 
-from plan import CONVERGENCE_LABELS, TABLES, table_rows
+from plan import CONVERGENCE_LABELS, TABLES, Pretraining, table_rows
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MISSING = "—"
 NOT_RUN = "n/a"
 NOT_IN_PAPER = "not in paper"
+DATA_COLUMN = "pretraining data"
 
 
 def load_paper(path=os.path.join(HERE, "paper_numbers.csv")):
@@ -76,8 +80,50 @@ def load_results(results_dir):
     return out
 
 
-def build_table(number, results, paper):
-    """The table as a DataFrame in the paper's layout: label columns, then '<col> ours', '<col> paper'."""
+def pretraining_data(runs_dir, run):
+    """What a row's pretraining run was trained on: its config.json "data" train entry (list, sha256,
+    root, videos listed and found) with the videos its last epoch skipped (log.jsonl); None for published
+    weights and for runs not started."""
+    if not isinstance(run, Pretraining):
+        return None
+    folder = os.path.join(runs_dir, run.name)
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            seen = json.load(f).get("data", {}).get("train")
+    except (OSError, ValueError):
+        return None
+    if seen and os.path.isfile(os.path.join(folder, "log.jsonl")):
+        epochs = [r for r in read_records(os.path.join(folder, "log.jsonl")) if r.get("kind") == "epoch"]
+        seen = dict(seen, skipped=epochs[-1].get("skipped_videos") if epochs else None)
+    return seen
+
+
+def describe_data(seen):
+    """One cell: list file, short sha256, videos found of those listed, skipped."""
+    if not seen:
+        return MISSING
+    name = os.path.basename(seen.get("list") or "") or f"{seen.get('data_root')} (listing)"
+    skipped = "" if seen.get("skipped") is None else f", {seen['skipped']} skipped"
+    return f"{name} {str(seen.get('sha256'))[:8]} ({seen.get('found')}/{seen.get('listed')} found{skipped})"
+
+
+def data_note(df, number):
+    """A line when the rows of a table were pretrained on different lists (by sha256), else ""."""
+    spec = TABLES[number]
+    lists = {}
+    for _, row in df.iterrows():
+        cell = row[DATA_COLUMN]
+        if cell not in (MISSING, NOT_RUN):
+            lists.setdefault(cell.split(" (")[0], []).append(" / ".join(str(row[c]) for c in spec["labels"]))
+    if len(lists) < 2:
+        return ""
+    return ("**Rows pretrained on different lists:** " +
+            "; ".join(f"{name} ({', '.join(rows)})" for name, rows in lists.items()) + ".")
+
+
+def build_table(number, results, paper, runs_dir=None):
+    """The table as a DataFrame in the paper's layout: label columns, then '<col> ours', '<col> paper',
+    then the list each row's run was pretrained on (DATA_COLUMN; read from runs_dir)."""
     spec = TABLES[number]
     rows = []
     for label, run, overrides, in_paper in table_rows(number):
@@ -94,17 +140,19 @@ def build_table(number, results, paper):
                 ours = MISSING if value is None else f"{value:.1f}"
             row[f"{column} ours"] = ours
             row[f"{column} paper"] = paper.get((number, label, column), MISSING) if in_paper else NOT_IN_PAPER
+        row[DATA_COLUMN] = NOT_RUN if run is None else describe_data(runs_dir and pretraining_data(runs_dir, run))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def to_markdown(df, title, legend=None):
+def to_markdown(df, title, legend=None, note=""):
     header = "| " + " | ".join(df.columns) + " |"
     rule = "| " + " | ".join("---" for _ in df.columns) + " |"
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
     legend = legend or (f"_ours beside the paper's; {MISSING}: not run yet or failed; {NOT_RUN}: not reproduced "
-                        f"here; {NOT_IN_PAPER}: a row we add._")
-    return "\n".join([f"### {title}", "", header, rule, *body, "", legend, ""])
+                        f"here; {NOT_IN_PAPER}: a row we add; {DATA_COLUMN}: the list file, its sha256, the videos "
+                        f"found of those listed and skipped in the last epoch._")
+    return "\n".join([f"### {title}", "", header, rule, *body, "", legend, ""] + ([note, ""] if note else []))
 
 
 def _number(text):
@@ -271,7 +319,7 @@ def mini_table(runs):
     for method in sorted({m for m, _ in runs}, key=lambda m: order.index(m) if m in order else len(order)):
         group = [r for (m, _), r in sorted(runs.items()) if m == method]
         last = [r["epochs"].iloc[-1] for r in group]
-        row = {"": MINI_LABELS.get(method, method), "k-NN top-1": _mean_std([x.get("knn_top1") for x in last]),
+        row = {"method": MINI_LABELS.get(method, method), "k-NN top-1": _mean_std([x.get("knn_top1") for x in last]),
                "seeds": len(group), "epochs": int(max(x["epoch"] for x in last)),
                "minutes": f"{pd.Series([x['minutes'] for x in last]).mean():.1f}",
                "last loss": f"{pd.Series([x.get('loss') for x in last], dtype=float).mean():.3f}"}
@@ -280,7 +328,7 @@ def mini_table(runs):
     for key, label in (("teacher", "teacher (frame features)"), ("random_init", "random init")):
         values = [k[key] for k in knn if key in k]
         if values:
-            row = {"": label, "k-NN top-1": _mean_std(values), "seeds": len(values), "epochs": 0, "minutes": "0.0",
+            row = {"method": label, "k-NN top-1": _mean_std(values), "seeds": len(values), "epochs": 0, "minutes": "0.0",
                    "last loss": "-"}
             rows.append(dict(row, **({"linear top-1": "-"} if linear else {})))
     return pd.DataFrame(rows)
@@ -379,16 +427,17 @@ def main(argv=None):
     results = load_results(args.results)
     print(f"{len(results)} evaluation results from {args.results}")
     for number in numbers:
-        df = build_table(number, results, paper)
+        df = build_table(number, results, paper, args.runs)
         stem = os.path.join(args.out, f"table{number}")
         df.to_csv(stem + ".csv", index=False)
-        md = to_markdown(df, f"Table {number}: {TABLES[number]['title']}")
+        note = data_note(df, number)
+        md = to_markdown(df, f"Table {number}: {TABLES[number]['title']}", note=note)
         with open(stem + ".md", "w") as f:
             f.write(md)
         ours = df[[c for c in df.columns if c.endswith(" ours")]].to_numpy().ravel()
         wanted = int((ours != NOT_RUN).sum())
         filled = wanted - int((ours == MISSING).sum())
-        print(f"table {number}: {filled}/{wanted} of our cells filled -> {stem}.md")
+        print(f"table {number}: {filled}/{wanted} of our cells filled -> {stem}.md" + (f"\n  {note}" if note else ""))
         if not args.no_plots:
             plot_table(df, number, stem + ".png")
     if not args.no_plots:

@@ -35,7 +35,7 @@ log() { echo "[reproduce $(date +%H:%M:%S)] $*" >&2; }
 # launch SCRIPT ARGS...: torchrun on every node (the same command; NODE_RANK differs), or one python
 # process (SMOKE=1, or LAUNCH=python as reproduce/mini.sh sets it).
 launch() {
-    local cmd
+    local cmd logs status=0
     if [[ "$SMOKE" == 1 || "${LAUNCH:-torchrun}" == python ]]; then
         cmd=("$PYTHON" "$@")
     else
@@ -44,7 +44,23 @@ launch() {
     fi
     echo "+ ${cmd[*]}" >&2
     if [[ "$DRY_RUN" == 1 ]]; then return 0; fi
-    "${cmd[@]}"
+    if [[ "${cmd[0]}" != torchrun ]]; then "${cmd[@]}"; return; fi
+    logs=$(mktemp -d "${TMPDIR:-/tmp}/iboot_torchrun.XXXXXX")
+    torchrun --log-dir "$logs" "${cmd[@]:1}" || status=$?
+    if (( status != 0 )); then rank_error "$logs" >&2; fi
+    rm -rf "$logs"
+    return "$status"
+}
+
+# rank_error LOG_DIR: the one line a failed rank ended with (its torchrun error file, written by cli.py),
+# printed again after torchrun's report so that it is the last thing a failed step prints.
+rank_error() {
+    local attempt line
+    attempt=$(find "$1" -mindepth 2 -maxdepth 2 -type d -name 'attempt_*' | sort -V | tail -n 1)
+    [[ -n "$attempt" ]] || return 0
+    line=$(find "$attempt" -name error.json -print0 | sort -z | xargs -0 -r -n 1 sed -n \
+        's/^{"message": "\(.*\)", "timestamp": [0-9]*}$/\1/p' | head -n 1)
+    if [[ -n "$line" ]]; then printf '%s\n' "${line//\\\"/\"}"; fi
 }
 
 # run_steps: every "done-marker TAB command" line of standard input that has no done-marker yet.

@@ -1,5 +1,8 @@
 """What several test files share: the tiny evaluation flags, the small synthetic set, a pretrain.py-style
-checkpoint, and running a script's main in-process."""
+checkpoint, running a script's main in-process, and the processes of a run (free ports, children)."""
+import os
+import socket
+
 import torch
 
 import data
@@ -33,3 +36,22 @@ def save_tiny_checkpoint(path, seed=0, epoch=3, teacher="efficientnet_lite0"):
 
 def run_script(module, argv):
     return module.main(module.get_args_parser().parse_args(argv))
+
+
+def free_port():
+    """A TCP port nobody listens on now (for torchrun's rendezvous; tests may run side by side)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def children(pid):
+    """The child processes of `pid` (Linux: /proc/PID/task/TID/children)."""
+    kids = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids += [int(k) for k in f.read().split()]
+        except OSError:
+            pass
+    return kids

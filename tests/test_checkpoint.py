@@ -331,7 +331,7 @@ def test_a_crafted_file_runs_nothing_and_stops_in_one_line(entry, small_root, tm
         assert message == (f"--output_dir {out} holds checkpoint.pth, which loads only with full unpickling, which "
                            f"can run code from the file: it asks for {system}. Pass another --output_dir, or "
                            f"--trust_checkpoint only if you trust where that file comes from")
-        assert os.listdir(out) == ["checkpoint.pth"]
+        assert sorted(os.listdir(out)) == [".lock", "checkpoint.pth"]  # the lock, taken first, and the file
     assert not marker.exists()
 
 

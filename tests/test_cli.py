@@ -1,7 +1,15 @@
 """cli.py: every bad flag value of every script is one line naming it, before anything is written;
-the flags a script reads are read-only, and main() leaves the parsed args as they were."""
+the flags a script reads are read-only, and main() leaves the parsed args as they were; a data-loading
+worker that dies ends the run within seconds in one line."""
 import argparse
 import copy
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -11,7 +19,9 @@ import eval_linear
 import finetune
 import pretrain
 import semisup
-from helpers import EVAL_TINY, PRETRAIN_TINY, run_script
+from helpers import EVAL_TINY, PRETRAIN_TINY, children, free_port, run_script
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PRETRAIN_BAD = [("--epochs", "0"), ("--epochs", "-1"), ("--batch_size_per_gpu", "0"), ("--batch_size_per_gpu", "-2"),
                 ("--base_lr", "0"), ("--base_lr", "-0.1"), ("--base_lr", "nan"), ("--base_lr", "inf"),
@@ -58,6 +68,30 @@ def test_every_bad_flag_value_is_one_line_naming_it_before_anything_is_written(m
     assert not out.exists()
 
 
+FOLDER_FLAGS = [(pretrain, "--output_dir"), (eval_knn, "--output_dir"), (eval_knn, "--results_dir"),
+                (eval_knn, "--dump_features"), (finetune, "--output_dir"), (semisup, "--subset_dir")]
+
+
+@pytest.mark.parametrize("module,flag", FOLDER_FLAGS, ids=[f"{m.__name__}{f}" for m, f in FOLDER_FLAGS])
+@pytest.mark.parametrize("inside", [False, True], ids=["file", "inside_a_file"])
+def test_a_folder_flag_naming_a_file_is_one_line(module, flag, inside, small_root, tmp_path):
+    """--output_dir (or another folder flag) naming an existing file, or a path inside one, stops at
+    start-up with one line naming the flag; the file is left as it was."""
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    path = str(existing / "run" if inside else existing)
+    if module is pretrain:
+        argv = PRETRAIN_TINY + ["--data_root", str(small_root / "data"), flag, path]
+    else:
+        argv = ["--pretrained", "scratch", "--output_dir", str(tmp_path / "out")] + EVAL_TINY + [
+            "--data_root", str(small_root / "data"), "--results_dir", str(tmp_path / "res"), flag, path]
+        argv += ["--fraction", "50"] if module is semisup else []
+    with pytest.raises(ValueError) as e:
+        run_script(module, argv)
+    assert str(e.value) == f"{flag} {path}: must be a folder, not a file (or inside one)"
+    assert existing.read_text() == "mine" and not (tmp_path / "out").exists()
+
+
 def test_flags_are_read_only_and_copies_carry_new_values():
     flags = cli.freeze(argparse.Namespace(epochs=3, lr=0.1))
     with pytest.raises(AttributeError, match="--epochs"):
@@ -80,3 +114,77 @@ def test_main_leaves_the_parsed_args_as_they_were(module, small_root, tmp_path):
     before = copy.deepcopy(vars(args))
     module.main(args)
     assert vars(args) == before
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_bad_flag_is_the_root_cause_of_torchruns_report(small_root, tmp_path):
+    """A user's own torchrun command with a bad flag: each rank stops with the one line, which is also
+    the root cause of the report torchrun prints last (its error file), not a pointer to torchrun's docs."""
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+            "pretrain.py"] + PRETRAIN_TINY + ["--data_root", str(small_root / "data"), "--output_dir",
+                                              str(tmp_path / "out"), "--epochs", "0"]
+    proc = subprocess.run(argv, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.splitlines().count("error: --epochs 0: must be >= 1") == 2  # once per rank
+    assert "  traceback : error: --epochs 0: must be >= 1\n" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# A data-loading worker that dies
+# ----------------------------------------------------------------------------------------------
+
+
+
+@pytest.mark.slow
+def test_a_killed_data_worker_ends_the_run_within_seconds_in_one_line(small_root, tmp_path):
+    """What the kernel's OOM killer does on a long run: SIGKILL to one of pretrain.py's two data-loading
+    workers in the middle of training. The run ends within seconds (no hang), with no traceback and one
+    last line that names the worker, the signal, what it usually means and how to resume; no worker is
+    left behind."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "pretrain.py"] + PRETRAIN_TINY + [
+        "--data_root", str(small_root / "data"), "--output_dir", str(out), "--num_workers", "2", "--epochs", "50",
+        "--max_iters_per_epoch", "0", "--log_every", "1", "--monitor_videos", "0"]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, log, workers = time.time() + 300, out / "log.jsonl", []
+    while time.time() < deadline and proc.poll() is None and len(workers) != 2:
+        time.sleep(0.02)  # mid-epoch (9 iterations each), where no worker is starting or ending
+        if log.exists() and any(r.get("kind") == "step" and r["iter"] in (2, 3) for r in map(
+                json.loads, log.read_text().splitlines()[-1:])):
+            workers = [w for w in children(proc.pid) if open(f"/proc/{w}/stat").read().split()[2] != "Z"]
+    assert len(workers) == 2, proc.communicate()[1][-2000:]
+    os.kill(workers[1], signal.SIGKILL)
+    killed = time.time()
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"still running 60 s after a data worker was killed: {proc.communicate()[1][-2000:]}")
+    seconds = time.time() - killed
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(rf"error: a data-loading worker \(pid {workers[1]}\) was killed by SIGKILL, which usually "
+                        rf"means the machine ran out of memory \(the kernel's OOM killer\): lower --num_workers or "
+                        rf"--batch_size_per_gpu; run the same command again to resume from the last checkpoint",
+                        last), err
+    assert proc.returncode == 1 and "Traceback" not in err and "Exception ignored" not in err, err
+    assert seconds < 15, seconds
+    time.sleep(0.5)
+    assert not os.path.exists(f"/proc/{workers[0]}") or "Z" in open(f"/proc/{workers[0]}/stat").read().split()[2]
+
+
+def test_pytorchs_words_for_a_dead_worker_name_its_pid_and_signal():
+    """A worker that dies before the watch first sees it is reaped by PyTorch at once; its error names it
+    (torch/csrc/DataLoader.cpp, utils/data/dataloader.py)."""
+    killed = RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+    killed.__cause__ = RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
+    assert cli._death_named_by_pytorch(killed) == (4242, -signal.SIGKILL)
+    assert cli._death_named_by_pytorch(RuntimeError(
+        "DataLoader worker (pid 7) is killed by signal: Bus error. It is possible that dataloader's workers are "
+        "out of shared memory.")) == (7, -signal.SIGBUS)
+    assert cli._death_named_by_pytorch(RuntimeError("DataLoader worker (pid 8) exited unexpectedly with exit code 3. "
+                                                    "Details are lost due to multiprocessing.")) == (8, 3)
+    assert cli._death_named_by_pytorch(RuntimeError("DataLoader worker (pid(s) 5, 6) exited unexpectedly")) == (5, None)
+    assert cli._death_named_by_pytorch(ValueError("--epochs 0: must be >= 1")) is None

@@ -1,4 +1,5 @@
 """data.py: list formats, PySlowFast sampling, one-pass decoding, bad input, memory."""
+import hashlib
 import json
 import os
 import wave
@@ -10,9 +11,11 @@ import torch
 
 import data
 import eval_knn
+import eval_linear
 import finetune
+import pretrain
 import video
-from helpers import EVAL_TINY, run_script
+from helpers import EVAL_TINY, PRETRAIN_TINY, run_script
 
 
 def gray_video(path, n, fps=30, size=(32, 48), gop_size=None, **kw):
@@ -530,3 +533,119 @@ def test_scan_lists_every_bad_video_of_a_list_before_training(small_root, tmp_pa
     assert written[str(mixed / "garbage.mp4")].startswith("InvalidDataError")
     clean, _ = data.read_kinetics_list(str(tmp_path / "clean.csv"))
     assert clean == [(str(small_root / "data" / p), int(y)) for p, y in good]
+
+
+# ----------------------------------------------------------------------------------------------
+# What lists hold (copies, videos in both, labels training lacks) and what the records say of them
+# ----------------------------------------------------------------------------------------------
+
+def small_lists(small_root, folder):
+    """The small set's training and validation rows (absolute paths, labels 0-2)."""
+    rows = {}
+    for split in ("train", "val"):
+        videos, _ = data.read_csv_list(str(small_root / "data" / f"{split}.csv"))
+        rows[split] = [(os.path.normpath(p), y) for p, y in videos]
+    os.makedirs(folder, exist_ok=True)
+    return rows
+
+
+def write_list(path, rows):
+    path.write_text("path,label\n" + "".join(f"{p},{y}\n" for p, y in rows))
+    return str(path)
+
+
+def knn_argv(small_root, tmp_path, train, val):
+    return ["--pretrained", str(small_root / "A.pth"), "--output_dir", str(tmp_path / "knn"), "--results_dir",
+            str(tmp_path / "res")] + EVAL_TINY + ["--dataset", "csv", "--train_list", train, "--val_list", val]
+
+
+def test_validation_labels_training_never_saw_stop_an_evaluation(small_root, tmp_path):
+    """A validation video whose label no training video has can never be classified right: the
+    evaluation stops before anything is written, with the count and the first classes, unless
+    --allow_unseen_labels says the user means it (open-set: scored, and wrong)."""
+    rows = small_lists(small_root, tmp_path)
+    train = write_list(tmp_path / "train.csv", rows["train"])
+    val_rows = rows["val"][:-2] + [(rows["val"][-2][0], 7), (rows["val"][-1][0], 9)]
+    val = write_list(tmp_path / "val.csv", val_rows)
+    with pytest.raises(ValueError) as e:
+        run_script(eval_knn, knn_argv(small_root, tmp_path, train, val))
+    assert str(e.value) == (f"2 of the 9 videos of the csv val list ({val}) have a label that the csv train list "
+                            f"({train}) does not have (labels 7, 9): no classifier can get them right; fix the lists, "
+                            f"or pass --allow_unseen_labels to score them anyway (open-set)")
+    assert not (tmp_path / "knn").exists() and not (tmp_path / "res").exists()
+    with pytest.raises(ValueError, match=r"^2 of the 9 videos of the csv val list"):
+        run_script(eval_linear, knn_argv(small_root, tmp_path, train, val) + ["--epochs", "1", "--warmup_epochs", "0"])
+    record = run_script(eval_knn, knn_argv(small_root, tmp_path, train, val) + ["--allow_unseen_labels"])
+    assert record["num_videos"] == 9 and record["value"] <= 100 * 7 / 9
+
+
+def test_class_names_of_a_validation_list_take_the_training_lists_ids(tmp_path, tiny_mp4):
+    """Lists that name their classes: ids are the training list's (sorted names), whatever names the
+    validation list happens to hold; a name training lacks is reported by name."""
+    for rel in ("t/a.mp4", "t/b.mp4", "t/c.mp4", "v/a.mp4", "v/c.mp4", "v/d.mp4"):
+        place(tiny_mp4, str(tmp_path / rel))
+    (tmp_path / "train.csv").write_text("path,label\nt/a.mp4,run\nt/b.mp4,jump\nt/c.mp4,walk\n")
+    (tmp_path / "val.csv").write_text("path,label\nv/a.mp4,run\nv/c.mp4,walk\n")
+    train = data.build_dataset("csv", root=str(tmp_path), list_file=str(tmp_path / "train.csv"), crop_size=16)
+    val = data.build_dataset("csv", root=str(tmp_path), split="val", list_file=str(tmp_path / "val.csv"),
+                             crop_size=16)
+    assert train.classes == ["jump", "run", "walk"] and val.classes == ["run", "walk"]
+    assert data.check_eval_lists(train, val) == 0
+    assert [y for _, y in val.videos] == [1, 2] and val.classes == train.classes  # run, walk as in training
+    (tmp_path / "val2.csv").write_text("path,label\nv/a.mp4,run\nv/d.mp4,swim\n")
+    val2 = data.build_dataset("csv", root=str(tmp_path), split="val", list_file=str(tmp_path / "val2.csv"),
+                              crop_size=16)
+    with pytest.raises(ValueError, match=r"^1 of the 2 videos of the csv val list .* \(label swim\)"):
+        data.check_eval_lists(train, val2)
+    assert data.check_eval_lists(train, val2, allow_unseen=True) == 1
+    assert [y for _, y in val2.videos] == [1, 3]  # swim: an id no training video has
+
+
+def test_videos_in_both_lists_stop_an_evaluation(small_root, tmp_path):
+    rows = small_lists(small_root, tmp_path)
+    train = write_list(tmp_path / "train.csv", rows["train"])
+    val = write_list(tmp_path / "val.csv", rows["val"] + rows["train"][:4])
+    with pytest.raises(ValueError) as e:
+        run_script(eval_knn, knn_argv(small_root, tmp_path, train, val))
+    assert str(e.value) == (f"4 videos are in both the csv train list ({train}) and the csv val list ({val}) (first: "
+                            f"{sorted(p for p, _ in rows['train'][:4])[0]}): a score on them is no test; remove them "
+                            f"from one of the lists")
+    assert not (tmp_path / "knn").exists()
+
+
+def test_a_list_with_every_video_twice_is_a_warning_line(small_root, tmp_path, capsys):
+    """Copies double the weight of those videos (and, across lists, leak): said in one line with counts."""
+    rows = small_lists(small_root, tmp_path)
+    twice = write_list(tmp_path / "twice.csv", rows["train"] + rows["train"])
+    run_script(pretrain, PRETRAIN_TINY + ["--dataset", "csv", "--train_list", twice, "--val_list",
+                                          str(small_root / "data" / "val.csv"), "--output_dir", str(tmp_path / "run"),
+                                          "--teacher", "efficientnet_lite0", "--monitor_videos", "0"])
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "more than once" in line]
+    assert warnings == [f"warning: 18 videos of the csv train list are listed more than once (18 extra copies of 36 "
+                        f"lines; first: {rows['train'][0][0]}); each copy counts as a video"]
+
+
+def test_records_state_the_data_they_saw(small_root, tmp_path, tiny_mp4):
+    """Every run's config.json and every evaluation record: the list file and its sha256 (of the bytes,
+    as sha256sum gives it), the data root, and the videos listed, found and (records) skipped."""
+    rows = small_lists(small_root, tmp_path)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video " * 20)
+    train = write_list(tmp_path / "train.csv", rows["train"] + [(str(tmp_path / "gone.mp4"), 0),
+                                                                 (str(tmp_path / "broken.mp4"), 1)])
+    val = write_list(tmp_path / "val.csv", rows["val"])
+    record = run_script(eval_knn, knn_argv(small_root, tmp_path, train, val) + [
+        "--skip_missing", "--max_skip_share", "0.2", "--data_root", str(tmp_path)])
+    sha = {name: hashlib.sha256(open(path, "rb").read()).hexdigest() for name, path in (("train", train), ("val", val))}
+    assert record["data"] == {
+        "train": dict(list=train, sha256=sha["train"], data_root=str(tmp_path), listed=20, found=19, skipped=1),
+        "val": dict(list=val, sha256=sha["val"], data_root=str(tmp_path), listed=9, found=9, skipped=0)}
+    with open(tmp_path / "knn" / "config.json") as f:
+        config = json.load(f)["data"]
+    assert config == {k: {f: v for f, v in d.items() if f != "skipped"} for k, d in record["data"].items()}
+    out = tmp_path / "pretrain"
+    run_script(pretrain, PRETRAIN_TINY + ["--dataset", "csv", "--train_list", val, "--data_root", str(tmp_path),
+                                          "--val_list", val, "--output_dir", str(out), "--monitor_videos", "0",
+                                          "--teacher", "efficientnet_lite0"])
+    with open(out / "config.json") as f:
+        assert json.load(f)["data"] == {"train": dict(list=val, sha256=sha["val"], data_root=str(tmp_path), listed=9,
+                                                      found=9)}

@@ -1,4 +1,9 @@
-"""precision.py: --precision means the same everywhere; the CPU bf16 Conv3d canary."""
+"""precision.py: --precision means the same everywhere; the CPU bf16 Conv3d canary; bench/gpu_check.sh,
+the GPU paths' check, runs (and without a GPU says so in one line)."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -42,3 +47,13 @@ def test_cpu_bf16_two_frame_conv3d_bug_is_refused():
         precision.check_training(torch.device("cpu"), "bf16", 2)
     precision.check_training(torch.device("cpu"), "bf16", 4)
     precision.check_training(torch.device("cpu"), "fp32", 2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: run bench/gpu_check.sh itself")
+def test_the_gpu_check_without_a_gpu_is_one_failed_line(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(["bash", os.path.join(root, "bench", "gpu_check.sh")], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path)))
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("FAILED cuda (") and "no CUDA GPU visible to torch" in proc.stdout
+    assert len(proc.stdout.strip().splitlines()) == 1

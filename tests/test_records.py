@@ -1,10 +1,13 @@
-"""records.py: result files, progress lines without a terminal, the config record."""
+"""records.py: result files, progress lines without a terminal, the config record, one run per folder."""
 import argparse
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import records
@@ -46,3 +49,31 @@ def test_config_records_code_packages_and_command(tmp_path, monkeypatch):
     assert env["git_commit"].split("+")[0] == (head or "unknown")
     assert env["versions"]["torch"] == torch.__version__ and set(env["versions"]) >= {"timm", "open_clip_torch", "av"}
     assert env["world_size"] == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# One run per output folder
+# ----------------------------------------------------------------------------------------------
+
+HOLD_LOCK = ("import sys, time; sys.path.insert(0, sys.argv[1]); import records; "
+             "records.lock_output_dir(sys.argv[2]); print('locked', flush=True); time.sleep(600)")
+
+
+def test_a_folder_held_by_another_process_is_refused_and_freed_when_it_is_killed(tmp_path):
+    """The lock is the kernel's: a process that holds it names itself (pid and host) to a second one,
+    and once SIGKILLed leaves no stale lock behind."""
+    folder = str(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, ROOT, folder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError) as e:
+            records.lock_output_dir(folder)
+        assert str(e.value).startswith(f"--output_dir {folder} is in use by another run (pid {holder.pid} on "
+                                       f"{socket.gethostname()} since ")
+        assert str(e.value).endswith("); wait for it to end or stop it, or pass another --output_dir")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    records.lock_output_dir(folder)  # at once: nothing stale
+    records.lock_output_dir(folder)  # and again: this process holds it already
+    assert open(os.path.join(folder, ".lock")).read().startswith(f"pid {os.getpid()} on ")

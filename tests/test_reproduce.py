@@ -20,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "reproduce"))
 import collect  # noqa: E402
 import plan  # noqa: E402
+from helpers import free_port  # noqa: E402
 
 TABLES = list(range(1, 12))
 
@@ -124,6 +125,20 @@ def test_common_sh_launches_torchrun_over_nodes_and_reuses_done_steps(tmp_path):
         "error: set TEACHER_WEIGHTS_<NAME> for every teacher of 'dino_vit_b16+clip_vit_b16' or for none")
 
 
+@pytest.mark.slow
+def test_bad_input_under_torchrun_ends_with_the_ranks_one_line(tmp_path):
+    """A table launched with torchrun on a data folder that is not there: the step ends with the rank's
+    one line as the last thing printed (torchrun's own report above it), and a non-zero status."""
+    env = dict(GPUS_PER_NODE="1", DATA="/nope", RUNS=str(tmp_path / "runs"), RESULTS=str(tmp_path / "results"),
+               MASTER_PORT=str(free_port()), PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    proc = run_table(4, env, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and lines[-1] == "error: --train_list: no such file /nope/k400/train.csv", lines[-5:]
+    assert "ChildFailedError" in proc.stderr and "traceback : error: --train_list" in proc.stderr
+    logs = re.search(r"error_file: (\S+/iboot_torchrun\.\w+)/", proc.stderr).group(1)
+    assert not os.path.exists(logs)  # torchrun's log folder of the step is removed
+
+
 # ---------------------------------------------------------------------------------------------
 # The paper's numbers and collect.py on hand-made records
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +186,37 @@ def test_collect_places_records_averages_splits_and_marks_missing(tmp_path):
     assert avg["UCF101 ours"] == "92.0" and avg["UCF101 paper"] == "94.5 (*)"
     assert t10[t10["Method"] == "CVRL [48]"].iloc[0]["UCF101 ours"] == collect.NOT_RUN
     md = open(os.path.join(out, "table1.md")).read()
-    assert "| iBoot | CLIP-ViT | 12.3 | 53.1 | — | 66.5 | — | 92.6 |" in md
+    assert "| iBoot | CLIP-ViT | 12.3 | 53.1 | — | 66.5 | — | 92.6 | — |" in md  # no run folder: no data
+
+
+def write_run(runs, run, list_file, sha256, listed, found, skipped):
+    """A pretraining run folder as pretrain.py leaves it: config.json with its data, log.jsonl's epochs."""
+    folder = os.path.join(runs, run.name)
+    os.makedirs(folder)
+    data = dict(list=list_file, sha256=sha256, data_root="/data/k400", listed=listed, found=found)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(dict(epochs=100, data=dict(train=data)), f)
+    with open(os.path.join(folder, "log.jsonl"), "w") as f:
+        for epoch, n in ((1, 9), (2, skipped)):
+            f.write(json.dumps(dict(kind="epoch", epoch=epoch, skipped_videos=n)) + "\n")
+
+
+def test_collect_shows_each_rows_pretraining_list_and_says_when_they_differ(tmp_path):
+    res, runs, out = str(tmp_path / "results"), str(tmp_path / "runs"), str(tmp_path / "out")
+    write_record(res, f"{plan.CLIP_NOPOOL.name}__knn", 12.34)
+    write_run(runs, plan.CLIP_NOPOOL, "/data/k400/train.csv", "ab" * 32, 240436, 240001, 3)
+    write_run(runs, plan.DINO_NOPOOL, "/data/k400/train.csv", "ab" * 32, 240436, 240001, 2)
+    collect.main(["--results", res, "--runs", runs, "--out", out, "--tables", "1", "--no_plots"])
+    t1 = pd.read_csv(os.path.join(out, "table1.csv"), dtype=str, keep_default_na=False).set_index("Image model")
+    assert t1.loc["CLIP-ViT", collect.DATA_COLUMN] == "train.csv abababab (240001/240436 found, 3 skipped)"
+    assert t1.loc["DINO-ViT", collect.DATA_COLUMN] == "train.csv abababab (240001/240436 found, 2 skipped)"
+    assert t1.loc["SwAV-R50-w2", collect.DATA_COLUMN] == collect.MISSING  # not run
+    assert "different lists" not in open(os.path.join(out, "table1.md")).read()
+    write_run(str(tmp_path / "runs2"), plan.CLIP_NOPOOL, "/data/k400/train.csv", "ab" * 32, 240436, 240001, 3)
+    write_run(str(tmp_path / "runs2"), plan.DINO_NOPOOL, "/data/k400/train_clean.csv", "cd" * 32, 239000, 239000, 0)
+    collect.main(["--results", res, "--runs", str(tmp_path / "runs2"), "--out", out, "--tables", "1", "--no_plots"])
+    assert ("**Rows pretrained on different lists:** train_clean.csv cdcdcdcd (iBoot / DINO-ViT); train.csv abababab "
+            "(iBoot / CLIP-ViT).") in open(os.path.join(out, "table1.md")).read()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,6 +258,10 @@ def test_smoke_tables_fill_their_cells_beside_the_papers(smoke):
         values = [float(v) for v in ours if v not in (collect.NOT_RUN, collect.MISSING)]
         assert collect.MISSING not in list(ours), md
         assert values and all(0.0 <= v <= 100.0 for v in values), md
+        # every row trained here names the one list it was pretrained on: the synthetic set's
+        trained = [r for r in df[collect.DATA_COLUMN] if r not in (collect.NOT_RUN, collect.MISSING)]
+        assert trained and all(r.startswith("train.csv ") and r.endswith(" skipped)") for r in trained), md
+        assert len({r.split(" (")[0] for r in trained}) == 1 and "different lists" not in md
 
 
 @pytest.mark.slow
@@ -250,7 +299,7 @@ def test_smoke_mini_fills_its_table_and_plots(tmp_path):
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-4000:]
     df = pd.read_csv(tmp_path / "out" / "mini.csv", dtype=str, keep_default_na=False)
-    assert list(df[""]) == ["iBoot", "ρBYOL", "teacher (frame features)", "random init"]
+    assert list(df["method"]) == ["iBoot", "ρBYOL", "teacher (frame features)", "random init"]
     assert (df["seeds"].tolist(), df["epochs"].tolist()[:2]) == (["3", "3", "3", "6"], ["2", "2"])
     assert not (df == collect.MISSING).any().any() and not (df == "").any().any()
     for name in ("mini.png", "mini_monitors.png"):

@@ -1,13 +1,15 @@
 """trainer.py: the one loop of pretraining and of every classifier protocol. The lr schedule by hand;
 resume after SIGKILL, SIGTERM and Ctrl-C ends with the weights of an uninterrupted run, bit for bit,
-for pretrain.py and for finetune.py alike; a run resumes only with its own flags; a checkpoint of
-earlier versions says how to go on; undecodable videos are counted, listed and, when too many, stop
-the run."""
+for pretrain.py and for finetune.py alike, and so do a rank killed under torchrun (torchrun restarts the
+run) and SIGTERM to torchrun; two torchrun agents train as two nodes; a run resumes only with its own
+flags and alone in its folder; a checkpoint of earlier versions says how to go on; undecodable videos
+are counted, listed and, when too many, stop the run."""
 import json
 import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,8 +22,9 @@ import augment
 import cli
 import eval_linear
 import pretrain
+import records
 import trainer
-from helpers import EVAL_TINY, PRETRAIN_TINY, run_script
+from helpers import EVAL_TINY, PRETRAIN_TINY, children, free_port, run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -143,6 +146,117 @@ def test_signal_writes_a_mid_epoch_checkpoint_that_resumes_exactly(sig, small_ro
 
 
 # ----------------------------------------------------------------------------------------------
+# Under torchrun (gloo on the CPU): a rank killed and restarted, SIGTERM to torchrun, two nodes
+# ----------------------------------------------------------------------------------------------
+
+def torchrun_argv(small_root, output_dir, *torchrun_flags, script="pretrain.py"):
+    """pretrain.py's job of the single-process tests on 2 ranks (4 iterations per epoch), under torchrun."""
+    argv = job_argv("pretrain", small_root, output_dir)[2:] + ["--num_workers", "0"]
+    return [sys.executable, "-m", "torch.distributed.run", *torchrun_flags, script] + argv
+
+
+def ranks(agent):
+    """{rank: pid} of the processes a torchrun agent started."""
+    out = {}
+    for pid in children(agent):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+        except OSError:
+            continue
+        if b"RANK" in env:
+            out[int(env[b"RANK"])] = pid
+    return out
+
+
+def _start_and_wait_for(argv, output_dir, epoch, iteration):
+    """Start argv; returns the process once rank 0's log shows (epoch, iteration) under way."""
+    proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log_path, deadline = os.path.join(output_dir, "log.jsonl"), time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isfile(log_path) and any(r.get("epoch") == epoch and r.get("iter", -1) >= iteration
+                                            and r.get("kind") == "step" for r in read_log(output_dir)):
+            return proc
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"the run never reached epoch {epoch}, iteration {iteration}: {proc.communicate()[1][-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(small_root, tmp_path_factory):
+    """The final weights of an uninterrupted 2-rank run (a checkpoint every epoch, as the others)."""
+    out = str(tmp_path_factory.mktemp("two_ranks"))
+    res = subprocess.run(torchrun_argv(small_root, out, "--nproc_per_node", "2", "--master_port", str(free_port())),
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return _final_weights("pretrain", out)
+
+
+@pytest.mark.slow
+def test_a_rank_killed_under_torchrun_is_restarted_and_ends_with_the_uninterrupted_weights(small_root, tmp_path,
+                                                                                          two_ranks):
+    """torchrun --max-restarts 1, SIGKILL to one rank at a random step: torchrun stops the other and starts
+    both again, the run resumes from its last checkpoint and ends with the weights of an uninterrupted
+    2-rank run, bit for bit."""
+    draw = np.random.default_rng(19)
+    epoch, iteration, victim = int(draw.integers(2, 4)), int(draw.integers(0, 4)), int(draw.integers(0, 2))
+    out = str(tmp_path / "restarted")
+    argv = torchrun_argv(small_root, out, "--nproc_per_node", "2", "--master_port", str(free_port()),
+                         "--max-restarts", "1", "--monitor-interval", "0.1")
+    proc = _start_and_wait_for(argv, out, epoch, iteration)
+    os.kill(ranks(proc.pid)[victim], signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert re.search(rf"resumed from {re.escape(out)}: {epoch - 1} of 3 epochs done\n", stdout), stdout[-2000:]
+    _assert_same_weights(two_ranks, _final_weights("pretrain", out))
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resumes_exactly(small_root, tmp_path, two_ranks):
+    """SIGTERM to the torchrun agent of a 2-rank run mid-epoch (what SLURM sends before preempting the
+    job): torchrun passes it on, both ranks stop after the same step, one mid-epoch checkpoint is written;
+    the same command resumes it and ends with the uninterrupted weights, bit for bit."""
+    epoch, iteration = 2, 1
+    out = str(tmp_path / "signalled")
+    argv = torchrun_argv(small_root, out, "--nproc_per_node", "2", "--master_port", str(free_port()))
+    proc = _start_and_wait_for(argv, out, epoch, iteration)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    stops = re.findall(rf"stopped by SIGTERM at epoch (\d+), iteration (\d+); checkpoint written to {re.escape(out)}: "
+                       rf"run the same command again to resume", stderr)
+    assert len(stops) == 2 and stops[0] == stops[1], stderr[-3000:]  # each rank, the same step
+    ckpt = torch.load(os.path.join(out, "checkpoint.pth"), weights_only=False)
+    assert (ckpt["epoch"] + 1, ckpt["iteration"]) == tuple(int(v) for v in stops[0]) and ckpt["iteration"] > iteration
+    argv[argv.index("--master_port") + 1] = str(free_port())
+    res = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"{ckpt['iteration']} iterations into epoch {ckpt['epoch'] + 1}" in res.stdout
+    _assert_same_weights(two_ranks, _final_weights("pretrain", out))
+
+
+@pytest.mark.slow
+def test_two_torchrun_agents_train_as_two_nodes(small_root, tmp_path):
+    """Two torchrun agents on this machine as two nodes of one job (c10d rendezvous on localhost), one
+    rank each, one shared --output_dir: the run trains and both nodes end with the same weights."""
+    out = str(tmp_path / "two_nodes")
+    flags = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint",
+             f"127.0.0.1:{free_port()}", "--rdzv_id", "two_nodes"]
+    argv = torchrun_argv(small_root, out, *flags, script="tests/ddp_pretrain_worker.py")
+    nodes = [subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in results]
+    w0, w1 = (torch.load(os.path.join(out, f"rank{r}_weights.pth")) for r in (0, 1))
+    initial = torch.load(os.path.join(out, "checkpoint.pth"), weights_only=False)["initial_encoder"]
+    assert any(not torch.equal(w0["encoder." + k], v) for k, v in initial.items() if "encoder." + k in w0)
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), f"the two nodes differ in {k}"
+    assert "world_size" in open(os.path.join(out, "config.json")).read() and json.load(
+        open(os.path.join(out, "config.json")))["world_size"] == 2
+
+
+# ----------------------------------------------------------------------------------------------
 # A run resumes only what its flags describe
 # ----------------------------------------------------------------------------------------------
 
@@ -201,7 +315,8 @@ def test_a_checkpoint_of_earlier_versions_says_how_to_go_on_and_trust_converts_i
         f"full unpickling (it asks for {e.value.names[0]} and 2 other globals), and so could run code. To go on: "
         f"start the run in another --output_dir, or, if you wrote this checkpoint, run the same command once with "
         f"--trust_checkpoint: the run resumes and its checkpoints load safely from then on")
-    assert all(name.startswith("numpy.") for name in e.value.names) and os.listdir(old) == ["checkpoint.pth"]
+    assert all(name.startswith("numpy.") for name in e.value.names)
+    assert sorted(os.listdir(old)) == [".lock", "checkpoint.pth"]  # nothing written but the lock
     run_script(pretrain, base + ["--output_dir", str(old), "--trust_checkpoint"])
     captured = capsys.readouterr()
     assert captured.err.count("warning: --trust_checkpoint: loading") == 1 and "1 of 2 epochs done" in captured.out
@@ -211,6 +326,35 @@ def test_a_checkpoint_of_earlier_versions_says_how_to_go_on_and_trust_converts_i
                          resumed["encoder"])
     run_script(pretrain, base + ["--output_dir", str(old)])  # --trust_checkpoint is not part of the run's flags
     assert "2 of 2 epochs done" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_second_run_in_the_same_folder_stops_before_writing_anything(small_root, tmp_path):
+    """Two runs with the same flags and --output_dir (a requeued job whose old allocation is still
+    finishing, a table script launched twice): the second names the folder and the first run's pid and
+    host, and stops (status 2) without writing; the first goes on. Once the first is SIGKILLed the
+    folder is free at once."""
+    out = str(tmp_path / "run")
+    argv = job_argv("pretrain", small_root, out) + ["--epochs", "100"]
+    first = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and first.poll() is None and not (
+                os.path.isfile(os.path.join(out, "log.jsonl")) and any(r.get("kind") == "step" for r in read_log(out))):
+            time.sleep(0.05)
+        config = open(os.path.join(out, "config.json")).read()
+        second = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr[-2000:]
+        last = second.stderr.strip().splitlines()[-1]
+        assert re.fullmatch(rf"error: --output_dir {re.escape(out)} is in use by another run \(pid {first.pid} on "
+                            rf"{re.escape(socket.gethostname())} since [0-9: -]+\); wait for it to end or stop it, "
+                            rf"or pass another --output_dir", last), last
+        assert first.poll() is None, "the first run stopped"
+        assert open(os.path.join(out, "config.json")).read() == config
+    finally:
+        first.kill()
+        first.communicate()
+    records.lock_output_dir(out)  # SIGKILLed: nothing stale
 
 
 def test_an_evaluation_resumes_only_its_own_model(small_root, capsys):
