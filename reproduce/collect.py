@@ -160,11 +160,22 @@ def _number(text):
     return float(m.group(1)) if m else None
 
 
-def plot_table(df, number, path):
-    """Grouped bars, ours against the paper, one panel per column; rows we do not reproduce are left out."""
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path, **kwargs):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, **kwargs)
+    _pyplot().close(fig)
+
+
+def plot_table(df, number, path):
+    """Grouped bars, ours against the paper, one panel per column; rows we do not reproduce are left out."""
+    plt = _pyplot()
     spec = TABLES[number]
     labels = [" / ".join(str(r[c]) for c in spec["labels"]) for _, r in df.iterrows()]
     columns = list(spec["columns"])
@@ -186,9 +197,7 @@ def plot_table(df, number, path):
         ax.set_ylim(0, 100)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"Table {number}: {spec['title']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def read_log(run_dir):
@@ -213,9 +222,7 @@ def read_log(run_dir):
 
 
 def plot_loss_curves(runs_dir, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(12, 5))
     n = 0
     colours = plt.get_cmap("tab20").colors
@@ -234,9 +241,7 @@ def plot_loss_curves(runs_dir, path):
         # Outside the axes: with 19 runs a legend inside hides the curves. Loss scales differ by
         # design (a sum over teachers / clip pairs / the extra SSL term), so curves sit at 2, 4 or 8.
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, bbox_inches="tight")
     return n
 
 
@@ -251,9 +256,7 @@ def knn_curves(results):
 
 
 def plot_knn_vs_epochs(results, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     curves = knn_curves(results)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for run, points in sorted(curves.items()):
@@ -265,9 +268,7 @@ def plot_knn_vs_epochs(results, path):
     if curves:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return len(curves)
 
 
@@ -310,23 +311,27 @@ def _mean_std(values):
     return f"{s.mean():.1f} ± {s.std(ddof=1) if len(s) > 1 else 0.0:.1f}"
 
 
+def reference_values(runs, key):
+    """The closing k-NN records' `key` ("teacher", "random_init"), one per seed: the methods of one seed
+    start from the same initial weights and see the same teacher, so they measured the same numbers."""
+    by_seed = {seed: r["knn"][key] for (_, seed), r in sorted(runs.items()) if r["knn"] and key in r["knn"]}
+    return list(by_seed.values())
+
+
 def mini_table(runs):
     """One row per method and per reference (the teacher's frame features, random initialisation): k-NN
     top-1 after the last epoch (mean ± std over seeds), seeds, epochs, pretraining minutes, last loss,
     and the linear probe's top-1 when it ran."""
     rows, linear = [], any(r["linear"] is not None for r in runs.values())
-    order = list(MINI_LABELS)
-    for method in sorted({m for m, _ in runs}, key=lambda m: order.index(m) if m in order else len(order)):
-        group = [r for (m, _), r in sorted(runs.items()) if m == method]
-        last = [r["epochs"].iloc[-1] for r in group]
+    for method, group in _by_method(runs).items():
+        last = [r["epochs"].iloc[-1] for _, r in group]
         row = {"method": MINI_LABELS.get(method, method), "k-NN top-1": _mean_std([x.get("knn_top1") for x in last]),
                "seeds": len(group), "epochs": int(max(x["epoch"] for x in last)),
                "minutes": f"{pd.Series([x['minutes'] for x in last]).mean():.1f}",
                "last loss": f"{pd.Series([x.get('loss') for x in last], dtype=float).mean():.3f}"}
-        rows.append(dict(row, **({"linear top-1": _mean_std([r["linear"] for r in group])} if linear else {})))
-    knn = [r["knn"] for r in runs.values() if r["knn"]]
+        rows.append(dict(row, **({"linear top-1": _mean_std([r["linear"] for _, r in group])} if linear else {})))
     for key, label in (("teacher", "teacher (frame features)"), ("random_init", "random init")):
-        values = [k[key] for k in knn if key in k]
+        values = reference_values(runs, key)
         if values:
             row = {"method": label, "k-NN top-1": _mean_std(values), "seeds": len(values), "epochs": 0, "minutes": "0.0",
                    "last loss": "-"}
@@ -334,54 +339,59 @@ def mini_table(runs):
     return pd.DataFrame(rows)
 
 
-def plot_mini(runs, path, monitors_path):
-    """k-NN against epochs and against pretraining minutes (mean over seeds, ± std shaded), the teacher and
-    random init as bands; and the monitors against epochs."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _by_method(runs):
+    """{method: [(seed, run), ...]} in MINI_LABELS' order."""
+    order = list(MINI_LABELS)
+    methods = sorted({m for m, _ in runs}, key=lambda m: order.index(m) if m in order else len(order))
+    return {m: [(seed, r) for (mm, seed), r in sorted(runs.items()) if mm == m] for m in methods}
+
+
+def plot_mini_knn(runs, path):
+    """k-NN against epochs and against pretraining minutes: the mean over seeds, ± one std shaded, the
+    teacher and random init as bands (mean ± std over the runs that measured them)."""
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for i, method in enumerate(sorted({m for m, _ in runs})):
-        frames = [r["epochs"].set_index("epoch") for (m, _), r in sorted(runs.items()) if m == method]
-        knn = pd.concat([f["knn_top1"] for f in frames if "knn_top1" in f], axis=1)
-        minutes = pd.concat([f["minutes"] for f in frames], axis=1).mean(axis=1)
+    for i, (method, group) in enumerate(_by_method(runs).items()):
+        frames = [r["epochs"].set_index("epoch") for _, r in group if "knn_top1" in r["epochs"]]
+        if not frames:
+            continue
+        knn = pd.concat([f["knn_top1"] for f in frames], axis=1)
         mean, std = knn.mean(axis=1), knn.std(axis=1, ddof=1).fillna(0)
-        for ax, x in zip(axes, (mean.index, minutes.loc[mean.index])):
-            ax.plot(x, mean, color=f"C{i}", label=f"{MINI_LABELS.get(method, method)} ({knn.shape[1]} seeds)")
+        minutes = pd.concat([f["minutes"] for f in frames], axis=1).mean(axis=1).loc[mean.index]
+        for ax, x in zip(axes, (mean.index, minutes)):
+            ax.plot(x, mean, color=f"C{i}", label=f"{MINI_LABELS.get(method, method)} ({len(frames)} seeds)")
             ax.fill_between(x, mean - std, mean + std, color=f"C{i}", alpha=0.2)
-    knn = [r["knn"] for r in runs.values() if r["knn"]]
     for key, label, colour in (("teacher", "teacher (frame features)", "C2"), ("random_init", "random init", "C7")):
-        values = pd.Series([k[key] for k in knn if key in k], dtype=float)
+        values = pd.Series(reference_values(runs, key), dtype=float)
         if len(values):
+            half = max(values.std(ddof=1) if len(values) > 1 else 0.0, 0.3)  # a visible band for one value
             for ax in axes:
-                ax.axhspan(values.mean() - values.std(ddof=1 if len(values) > 1 else 0) if len(values) > 1
-                           else values.mean() - 0.3, values.mean() + (values.std(ddof=1) if len(values) > 1 else 0.3),
-                           color=colour, alpha=0.25, label=label)
+                ax.axhspan(values.mean() - half, values.mean() + half, color=colour, alpha=0.25, label=label)
     for ax, xlabel in zip(axes, ("pretraining epoch", "pretraining minutes (training steps only)")):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("k-NN top-1 (%), validation split")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
+
+
+def plot_mini_monitors(runs, path):
+    """The learning monitors against epochs, one line per run, coloured by method."""
+    plt = _pyplot()
     keys = [("teacher_cos_centred", "student-teacher cosine, centred (iBoot)"),
             ("feat_std", "per-dimension std of the features (0: collapse)"), ("feat_rank", "effective rank")]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, (key, title) in zip(axes, keys):
-        for i, method in enumerate(sorted({m for m, _ in runs})):
-            for j, ((m, seed), r) in enumerate(sorted(runs.items())):
-                if m == method and key in r["epochs"]:
-                    ax.plot(r["epochs"]["epoch"], r["epochs"][key], color=f"C{i}", alpha=0.8,
-                            label=MINI_LABELS.get(method, method) if j == min(
-                                k for k, ((mm, _), _) in enumerate(sorted(runs.items())) if mm == method) else None)
+        for i, (method, group) in enumerate(_by_method(runs).items()):
+            lines = [r["epochs"] for _, r in group if key in r["epochs"]]
+            for n, df in enumerate(lines):
+                ax.plot(df["epoch"], df[key], color=f"C{i}", alpha=0.8,
+                        label=MINI_LABELS.get(method, method) if n == 0 else None)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("pretraining epoch")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(monitors_path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def collect_mini(folder, out, plots=True):
@@ -398,7 +408,8 @@ def collect_mini(folder, out, plots=True):
     with open(os.path.join(out, "mini.md"), "w") as f:
         f.write(md)
     if plots:
-        plot_mini(runs, os.path.join(out, "mini.png"), os.path.join(out, "mini_monitors.png"))
+        plot_mini_knn(runs, os.path.join(out, "mini.png"))
+        plot_mini_monitors(runs, os.path.join(out, "mini_monitors.png"))
     print(f"{len(runs)} runs from {folder} -> {out}/mini.md, mini.csv" + (", mini.png, mini_monitors.png" if plots else ""))
     print(md)
     return df

@@ -300,7 +300,7 @@ def test_smoke_mini_fills_its_table_and_plots(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     df = pd.read_csv(tmp_path / "out" / "mini.csv", dtype=str, keep_default_na=False)
     assert list(df["method"]) == ["iBoot", "ρBYOL", "teacher (frame features)", "random init"]
-    assert (df["seeds"].tolist(), df["epochs"].tolist()[:2]) == (["3", "3", "3", "6"], ["2", "2"])
+    assert (df["seeds"].tolist(), df["epochs"].tolist()[:2]) == (["3", "3", "3", "3"], ["2", "2"])
     assert not (df == collect.MISSING).any().any() and not (df == "").any().any()
     for name in ("mini.png", "mini_monitors.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
