@@ -299,6 +299,8 @@ class LearningMonitor:
         self.flags, self.objective, self.device, self.first, self.last = flags, objective, device, {}, {}
         self.label = knn.views_label(KNN_K, val_set)
         skipped = data.SkippedVideos(flags.output_dir, flags.max_skip_share)
+        if train_set is None:  # no k-NN: only the monitors' videos are decoded
+            val_set = torch.utils.data.Subset(val_set, range(min(flags.monitor_videos, len(val_set))))
         self.val = knn.DecodedSet(val_set, 16, flags.num_workers, device, skipped, "the validation set")
         self.train = None if train_set is None else knn.DecodedSet(train_set, 16, flags.num_workers, device,
                                                                     skipped, "the k-NN training set")

@@ -288,7 +288,7 @@ def evaluation_data(data_flags):
 SMOKE_PRETRAIN = ["--arch", "slow_tiny", "--crop_size", "32", "--num_frames", "2", "--stride", "4", "--epochs", "2",
                   "--max_iters_per_epoch", "1", "--batch_size_per_gpu", "2", "--warmup_epochs", "0",
                   "--num_workers", "0", "--device", "cpu", "--knn_eval", "no", "--saveckp_freq", "1",
-                  "--log_every", "1"]
+                  "--log_every", "1", "--monitor_videos", "4"]
 SMOKE_EVAL = ["--arch", "slow_tiny", "--crop_size", "32", "--num_frames", "2", "--stride", "4",
               "--batch_size_per_gpu", "4", "--num_workers", "0", "--device", "cpu"]
 SMOKE_TRAINING = ["--epochs", "1", "--max_iters_per_epoch", "2", "--warmup_epochs", "0", "--test_clips", "1", "--test_crops", "1"]
