@@ -354,6 +354,19 @@ def _base(dataset):
     return dataset
 
 
+def add_source_args(group, default, val_list_help):
+    """--dataset, --data_root, --train_list and --val_list: where a script's videos come from."""
+    group.add_argument("--dataset", default=default, choices=DATASETS,
+                       help="synthetic (generated videos: the embedded default of pretrain.py), kinetics "
+                            "(K400/K600 lists), ucf101, hmdb51, ssv2, folder, csv")
+    group.add_argument("--data_root", default=None,
+                       help=f"folder of the videos (and list/split files); for --dataset synthetic {SYNTHETIC_ROOT}")
+    group.add_argument("--train_list", default=None,
+                       help="training list for kinetics/csv (PySlowFast 'path label' lines, or a CSV path,label; "
+                            "default: the root's)")
+    group.add_argument("--val_list", default=None, help=val_list_help)
+
+
 def add_bad_video_args(group):
     """--skip_missing and --max_skip_share, the flags of every script that reads a video list."""
     group.add_argument("--skip_missing", action="store_true",

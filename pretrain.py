@@ -86,15 +86,9 @@ def get_args_parser():
     checkpoint.add_trust_arg(g)
 
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="synthetic", choices=data.DATASETS,
-                   help="synthetic (embedded default), kinetics (K400/K600 lists), ucf101, hmdb51, ssv2, folder, csv")
-    g.add_argument("--data_root", default=None,
-                   help=f"folder of the videos (and split files); for --dataset synthetic {data.SYNTHETIC_ROOT}")
-    g.add_argument("--train_list", default=None,
-                   help="list file for kinetics/csv (PySlowFast 'path label' lines, or a CSV path,label)")
-    g.add_argument("--val_list", default=None,
-                   help="validation list for kinetics/csv, read by the learning monitors and the k-NN only "
-                        "(default: the root's val.csv; pretraining itself reads no labels)")
+    data.add_source_args(g, "synthetic",
+                         "validation list for kinetics/csv, read by the learning monitors and the k-NN only "
+                         "(default: the root's val.csv; pretraining itself reads no labels)")
     g.add_argument("--split", default=1, type=int, help="official split for ucf101/hmdb51")
     data.add_bad_video_args(g)
     g.add_argument("--num_frames", type=int, default=None, help="T frames per clip (paper 8)")

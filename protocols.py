@@ -79,12 +79,7 @@ def add_eval_args(p, paper_defaults, training=True):
     checkpoint.add_trust_arg(g)
 
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="kinetics", choices=data.DATASETS,
-                   help="downstream data set (kinetics = K400 lists; synthetic for smoke runs)")
-    g.add_argument("--data_root", default=None,
-                   help=f"folder of the videos (and list/split files); for --dataset synthetic {data.SYNTHETIC_ROOT}")
-    g.add_argument("--train_list", default=None, help="training list for kinetics/csv (default: the root's)")
-    g.add_argument("--val_list", default=None, help="validation list for kinetics/csv (default: the root's)")
+    data.add_source_args(g, "kinetics", "validation list for kinetics/csv (default: the root's)")
     g.add_argument("--allow_unseen_labels", action="store_true",
                    help="score validation videos whose label the training list does not have (open-set; they can "
                         "never be right); without it such labels stop the run at start-up")
