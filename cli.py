@@ -144,7 +144,8 @@ class GracefulStop:
 
     def requested(self, device):
         """Whether any rank got a signal (collective under torchrun: call it on every rank each step)."""
-        self.signum = self.signum or (int(distributed.all_reduce_max(self.signum or 0, device)) or None)
+        anyone = int(distributed.all_reduce_max(self.signum or 0, device))  # on every rank, signalled or not
+        self.signum = self.signum or anyone or None
         return self.signum is not None
 
 

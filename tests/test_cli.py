@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 import cli
 import eval_knn
@@ -173,6 +174,35 @@ def test_a_killed_data_worker_ends_the_run_within_seconds_in_one_line(small_root
     assert seconds < 15, seconds
     time.sleep(0.5)
     assert not os.path.exists(f"/proc/{workers[0]}") or "Z" in open(f"/proc/{workers[0]}/stat").read().split()[2]
+
+
+def _stop_worker(rank, port, out_dir):
+    """One of two gloo ranks; only rank 0 gets the signal. Then a collective of another kind, as the
+    mid-epoch checkpoint's gather: a rank that skipped the stop's all-reduce would pair it with this one."""
+    import datetime
+
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=20))
+    stop = cli.GracefulStop()
+    if rank == 0:
+        stop._handle(signal.SIGTERM, None)
+    asked = [stop.requested(torch.device("cpu")) for _ in range(2)]
+    gathered = [None, None]
+    dist.all_gather_object(gathered, rank)
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(dict(asked=asked, signum=stop.signum, gathered=gathered), f)
+    dist.destroy_process_group()
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """GracefulStop.requested is a collective: every rank joins it at every step, the signalled one
+    too, so all of them see the stop at once and then write one checkpoint together."""
+    import torch.multiprocessing as mp
+    mp.spawn(_stop_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got == dict(asked=[True, True], signum=int(signal.SIGTERM), gathered=[0, 1])
 
 
 def test_pytorchs_words_for_a_dead_worker_name_its_pid_and_signal():
