@@ -355,7 +355,8 @@ def _base(dataset):
 
 
 def add_source_args(group, default, val_list_help):
-    """--dataset, --data_root, --train_list and --val_list: where a script's videos come from."""
+    """--dataset, --data_root, --train_list, --val_list: where a script's videos come from; and
+    --allow_unseen_labels: what a k-NN or classifier does with validation labels training lacks."""
     group.add_argument("--dataset", default=default, choices=DATASETS,
                        help="synthetic (generated videos: the embedded default of pretrain.py), kinetics "
                             "(K400/K600 lists), ucf101, hmdb51, ssv2, folder, csv")
@@ -365,6 +366,9 @@ def add_source_args(group, default, val_list_help):
                        help="training list for kinetics/csv (PySlowFast 'path label' lines, or a CSV path,label; "
                             "default: the root's)")
     group.add_argument("--val_list", default=None, help=val_list_help)
+    group.add_argument("--allow_unseen_labels", action="store_true",
+                       help="score validation videos whose label the training list does not have (open-set; they "
+                            "can never be right); without it such labels stop the run at start-up")
 
 
 def add_bad_video_args(group):

@@ -3,7 +3,8 @@ pretrain.py watches during training.
 
     extract_features(encoder, dataset, ...)   L2-normalised pooled features of every video of a test
                                               set (each video once over all ranks), sorted by index
-    DecodedSet(dataset, ...).features(enc)    the same from clips decoded once (pretraining's monitor)
+    DecodedSet(dataset, ...).features(enc)    the same, for a set encoded again and again (pretraining's
+                                              monitor): decoded once and kept, or decoded at each call
     knn_scores / knn_topk_correct             votes exp(cos / 0.07) of the k nearest training features;
                                               top-1 and top-5 counted as DINO's knn_classifier
     knn_accuracy(...) / top1(train, val)      (top-1 %, top-5 %); the top-1 of two encoded sets
@@ -74,14 +75,16 @@ def extract_features(encoder, dataset, device, batch_size, num_workers, precisio
 
 
 class DecodedSet:
-    """A test set decoded once and kept in memory (uint8: N x V x 3 x T x S x S bytes), so that a
-    training run can measure k-NN every few epochs without decoding it again."""
+    """A test set that a training run encodes more than once. keep=True: decoded once and kept in memory
+    (uint8: N x V x 3 x T x S x S bytes), for a k-NN every few epochs; keep=False: decoded again at each
+    features() call and never held (a set too large to keep, encoded a few times at the end)."""
 
-    def __init__(self, dataset, batch_size, num_workers, device, skipped=None, what="the set"):
-        self.batches = list(decoded_batches(dataset, batch_size, num_workers, device, skipped=skipped, what=what))
+    def __init__(self, dataset, batch_size, num_workers, device, skipped=None, what="the set", keep=True):
+        self._decode = lambda: decoded_batches(dataset, batch_size, num_workers, device, skipped=skipped, what=what)
+        self.batches = list(self._decode()) if keep else None
 
     def features(self, encoder, device, precision="fp32"):
-        return encode(encoder, self.batches, device, precision)
+        return encode(encoder, self.batches if self.batches is not None else self._decode(), device, precision)
 
 
 def views_label(k, dataset):

@@ -287,20 +287,27 @@ class LearningMonitor:
     the same direction), their effective rank, and for iBoot the cosine between W(f(x)) and the
     teacher's features of the same clip (raw, and centred over the batch: how much of the variation
     between videos the student follows); every --knn_every epochs, the online k-NN top-1 of the
-    validation split on the training split. The clips are decoded once and kept in memory."""
+    validation split on the training split. The monitors' clips are decoded once and kept in memory;
+    the k-NN sets too with --knn_every, else (one k-NN at the end) they are decoded when it runs."""
 
     def __init__(self, flags, objective, device, val_set, train_set=None):
         self.flags, self.objective, self.device, self.first, self.last = flags, objective, device, {}, {}
         self.label = knn.views_label(KNN_K, val_set)
         skipped = data.SkippedVideos(flags.output_dir, flags.max_skip_share)
-        if train_set is None:  # no k-NN: only the monitors' videos are decoded
-            val_set = torch.utils.data.Subset(val_set, range(min(flags.monitor_videos, len(val_set))))
-        self.val = knn.DecodedSet(val_set, 16, flags.num_workers, device, skipped, "the validation set")
-        self.train = None if train_set is None else knn.DecodedSet(train_set, 16, flags.num_workers, device,
-                                                                    skipped, "the k-NN training set")
-        self.batch = torch.cat([b["clips"][:, 0] for b in self.val.batches])[:flags.monitor_videos]
-        self.targets = None
-        if isinstance(objective, iboot.IBoot):  # the first teacher's features of the same clips, pooled over T
+        keep = bool(flags.knn_every)
+        self.val = self.train = None
+        if train_set is not None:
+            self.val = knn.DecodedSet(val_set, 16, flags.num_workers, device, skipped, "the validation set", keep)
+            self.train = knn.DecodedSet(train_set, 16, flags.num_workers, device, skipped, "the k-NN training set",
+                                        keep)
+        self.batch, self.targets = torch.zeros(0), None
+        if flags.monitor_videos:
+            watched = torch.utils.data.Subset(val_set, range(min(flags.monitor_videos, len(val_set))))
+            batches = (self.val.batches if keep else
+                       knn.decoded_batches(watched, 16, flags.num_workers, device, skipped=skipped,
+                                           what="the monitors' videos"))
+            self.batch = torch.cat([b["clips"][:, 0] for b in batches])[:flags.monitor_videos]
+        if isinstance(objective, iboot.IBoot) and len(self.batch):  # the first teacher's features, pooled over T
             self.targets = torch.cat([objective.teacher_features(c.to(device).float().div(255.0))[0].mean(dim=1)
                                       for c in self.batch.split(16)])
 
@@ -339,26 +346,30 @@ class LearningMonitor:
         random_encoder.load_state_dict(initial_state)
         done = self.last.get("epoch") == self.flags.epochs and "knn_top1" in self.last
         res = dict(trained=self.last["knn_top1"] if done else self.knn_top1(self.objective.encoder),
-                   random_init=self.first.get("knn_top1") or self.knn_top1(random_encoder))
-        if isinstance(self.objective, iboot.IBoot):
-            res["teacher"] = self.knn_top1(teachers.TeacherAsEncoder(self.objective.teachers[0]))
+                   random_init=(self.first["knn_top1"] if "knn_top1" in self.first else
+                                self.knn_top1(random_encoder)))
+        teacher = ""
+        if isinstance(self.objective, iboot.IBoot):  # the first teacher of an ensemble, named as such
+            first = self.objective.teachers[0]
+            res["teacher"] = self.knn_top1(teachers.TeacherAsEncoder(first))
+            teacher = f" | teacher {first.name} (frame features) {res['teacher']:.1f}%"
         logger.log(kind="knn", views=self.label, **res)
-        teacher = f" | teacher {self.flags.teacher} (frame features) {res['teacher']:.1f}%" if "teacher" in res else ""
         records.print_main(f"k-NN top-1 ({self.label}) on {self.flags.dataset} val: trained {res['trained']:.1f}% | "
                            f"random init {res['random_init']:.1f}%{teacher}")
         return res
 
 
-def build_monitor(flags, objective, device):
-    """The LearningMonitor of the run, or None. The monitors read the validation split; a run with no
-    validation list (pretraining needs none) says so and trains without them, unless --knn_every or
+def monitor_sets(flags):
+    """(validation set, k-NN training set or None) of the learning monitors, read and checked as an
+    evaluation's (data.check_eval_lists) before anything is written; None without monitors. A run with no
+    validation list (pretraining needs none) says so and trains without monitors, unless --knn_every or
     --knn_eval yes asked for k-NN, which stop the run naming --val_list."""
     wants_knn = bool(flags.knn_every) or flags.knn_eval == "yes"
     if not (flags.monitor_videos or wants_knn):
         return None
     split_set = lambda split, list_file: data.build_dataset(  # noqa: E731
-        flags.dataset, root=flags.data_root, split=split, list_file=list_file, seed=flags.seed,
-        skip_missing=flags.skip_missing, num_frames=flags.num_frames, stride=flags.stride,
+        flags.dataset, root=flags.data_root, split=split, list_file=list_file, official_split=flags.split,
+        seed=flags.seed, skip_missing=flags.skip_missing, num_frames=flags.num_frames, stride=flags.stride,
         crop_size=flags.crop_size, **knn_views(flags))
     try:
         val_set = split_set("val", flags.val_list)
@@ -368,12 +379,15 @@ def build_monitor(flags, objective, device):
         records.print_main(f"learning monitors off: {e}")
         return None
     train_set = split_set("train", flags.train_list) if wants_knn else None
-    return LearningMonitor(flags, objective, device, val_set, train_set)
+    if train_set is not None:
+        data.check_eval_lists(train_set, val_set, flags.allow_unseen_labels)
+    return val_set, train_set
 
 
 def main(args):
     flags, device = setup(args)
     loader = build_loader(flags, device)
+    watched = monitor_sets(flags)
     objective = build_objective(flags).to(device)
     model, optimizer, scaler = prepare_training(objective, flags, device)
     gpu_augment = build_gpu_augment(flags, device)
@@ -383,8 +397,8 @@ def main(args):
                           fingerprint=checkpoint.run_fingerprint(flags),
                           generators={"gpu_augment": gpu_augment.generator})
     state = run.resume(extra=dict(initial_encoder=copy.deepcopy(objective.encoder.state_dict())))
-    run.start(loader.dataset)
-    monitor = build_monitor(flags, objective, device)
+    run.start(loader.dataset, *([] if watched is None else [watched[0]]))
+    monitor = None if watched is None else LearningMonitor(flags, objective, device, *watched)
     initial_norm = weight_norm(state.extra["initial_encoder"].values())
     records.print_main(
         f"{flags.method} | encoder {flags.arch} | teacher {flags.teacher if flags.method == 'iboot' else '-'} | "

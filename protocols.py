@@ -80,9 +80,6 @@ def add_eval_args(p, paper_defaults, training=True):
 
     g = p.add_argument_group("data")
     data.add_source_args(g, "kinetics", "validation list for kinetics/csv (default: the root's)")
-    g.add_argument("--allow_unseen_labels", action="store_true",
-                   help="score validation videos whose label the training list does not have (open-set; they can "
-                        "never be right); without it such labels stop the run at start-up")
     data.add_bad_video_args(g)
     g.add_argument("--num_frames", type=int, default=None, help="T frames per clip" + paper("num_frames"))
     g.add_argument("--stride", type=int, default=None, help="tau, frame stride" + paper("stride"))

@@ -131,3 +131,15 @@ def test_distributed_extraction_every_video_once(tmp_path):
         assert out["idx"].tolist() == list(range(7))
         assert out["y"].tolist() == [i % 3 for i in range(7)]
         assert torch.allclose(out["f"], ref_f, atol=1e-6)
+
+
+def test_a_decoded_set_kept_or_decoded_at_each_call_gives_the_same_features():
+    """DecodedSet(keep=True) holds the clips (a k-NN every few epochs); keep=False holds nothing and
+    decodes at each call (one k-NN at the end of a run on a set too large to keep): the same features."""
+    kept = knn.DecodedSet(IndexClips(), 3, 0, torch.device("cpu"))
+    streamed = knn.DecodedSet(IndexClips(), 3, 0, torch.device("cpu"), keep=False)
+    assert len(kept.batches) == 3 and streamed.batches is None
+    ref = knn.extract_features(MeanAndOne(), IndexClips(), torch.device("cpu"), 3, 0)
+    for s in (kept, streamed, streamed):
+        f, y, idx = s.features(MeanAndOne(), torch.device("cpu"))
+        assert torch.equal(f, ref[0]) and torch.equal(y, ref[1]) and idx.tolist() == list(range(7))

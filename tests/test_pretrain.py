@@ -212,3 +212,51 @@ def test_pretrain_reports_the_k_nn_of_eval_knn(small_root, tmp_path, capsys):
     assert [r["epoch"] for r in epochs] == [1, 2] and [r["epoch"] for r in log if r.get("kind") == "init"] == [0]
     assert all({"feat_std", "feat_rank", "teacher_cos", "teacher_cos_centred", "knn_top1"} <= set(r) for r in epochs)
     assert epochs[-1]["knn_top1"] == pytest.approx(record["value"])
+
+
+def test_the_k_nn_of_pretraining_stops_on_videos_in_both_lists(small_root, tmp_path):
+    """The monitors' k-NN is checked as an evaluation's (data.check_eval_lists): a validation list that
+    holds training videos stops the run before anything is written, instead of scoring training videos
+    on themselves."""
+    out, train = tmp_path / "run", str(small_root / "data" / "train.csv")
+    with pytest.raises(ValueError, match=r"^\d+ videos are in both the csv train list \(.*\) and the csv val list "
+                                         r"\(.*\) \(first: .*\): a score on them is no test"):
+        run_script(pretrain, PRETRAIN_TINY + ["--dataset", "csv", "--data_root", str(small_root / "data"),
+                                              "--train_list", train, "--val_list", train, "--knn_every", "1",
+                                              "--output_dir", str(out)])
+    assert not out.exists()
+
+
+def test_the_monitors_read_the_official_split_that_training_reads(small_root, tmp_path):
+    """--dataset ucf101 --split 2: the monitors' k-NN sets are split 2's lists, as the training set
+    (split 1's test videos are in split 2's training list: measured on split 1, the k-NN would score
+    videos the encoder trained on)."""
+    video = data.read_csv_list(str(small_root / "data" / "train.csv"))[0][0][0]
+    lists = tmp_path / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 A\n2 B\n")
+    for k in (1, 2, 3):
+        (lists / f"trainlist0{k}.txt").write_text(f"A/v_A_g0{k}_c01.avi 1\nB/v_B_g0{k}_c01.avi 2\n")
+        (lists / f"testlist0{k}.txt").write_text(f"A/v_A_g1{k}_c01.avi\nB/v_B_g1{k}_c01.avi\n")
+        for c in "AB":
+            os.makedirs(tmp_path / "UCF-101" / c, exist_ok=True)
+            for g in "01":
+                os.symlink(video, tmp_path / "UCF-101" / c / f"v_{c}_g{g}{k}_c01.avi")
+    args = pretrain.get_args_parser().parse_args(PRETRAIN_TINY + [
+        "--dataset", "ucf101", "--data_root", str(tmp_path), "--split", "2", "--knn_every", "1",
+        "--output_dir", str(tmp_path / "run")])
+    flags, _ = pretrain.setup(args)
+    val, train = pretrain.monitor_sets(flags)
+    assert [os.path.basename(p) for p, _ in val.videos] == ["v_A_g12_c01.avi", "v_B_g12_c01.avi"]
+    assert [os.path.basename(p) for p, _ in train.videos] == ["v_A_g02_c01.avi", "v_B_g02_c01.avi"]
+
+
+@pytest.mark.slow
+def test_the_k_nn_report_names_the_teacher_it_measured(small_root, tmp_path, capsys):
+    """An ensemble's k-NN reference is its first teacher's frame features: the line names that teacher,
+    not the ensemble."""
+    run_script(pretrain, PRETRAIN_TINY + ["--data_root", str(small_root / "data"), "--output_dir",
+                                          str(tmp_path / "run"), "--teacher", "efficientnet_lite0+dino_vit_s16",
+                                          "--knn_eval", "yes", "--monitor_videos", "0"])
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("k-NN top-1")][-1]
+    assert " | teacher efficientnet_lite0 (frame features) " in line and "+" not in line
