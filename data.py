@@ -464,14 +464,18 @@ def _named(source):
 def check_eval_lists(train, test, allow_unseen=False):
     """An evaluation's training and test sets, before anything is scored: a video in both stops the run
     (its score would be no test); the test labels are put on the training set's class ids (by name when
-    both lists name their classes); test labels that training does not have stop the run with their
-    count and first classes (no classifier can get those videos right), unless allow_unseen (open-set:
-    they are scored, and always wrong)."""
+    both lists name their classes; one list with names and one with ids stops the run); test labels that
+    training does not have stop the run with their count and first classes (no classifier can get those
+    videos right), unless allow_unseen (open-set: they are scored, and always wrong)."""
     tr, te = _base(train), _base(test)
     both = sorted({os.path.normpath(p) for p, _ in tr.videos} & {os.path.normpath(p) for p, _ in te.videos})
     if both:
         raise ValueError(f"{len(both)} videos are in both the {_named(tr.source)} and the {_named(te.source)} "
                          f"(first: {both[0]}): a score on them is no test; remove them from one of the lists")
+    if bool(tr.classes) != bool(te.classes) and all(any(lab >= 0 for _, lab in s.videos) for s in (tr, te)):
+        named, numbered = (tr, te) if tr.classes else (te, tr)
+        raise ValueError(f"the {_named(named.source)} names its classes and the {_named(numbered.source)} gives "
+                         f"class ids: which id is which name is nowhere said; give both lists class names, or both ids")
     if tr.classes and te.classes and tr.classes != te.classes:
         ids = {name: i for i, name in enumerate(tr.classes)}
         extra = sorted(set(te.classes) - set(ids))

@@ -579,6 +579,24 @@ def test_validation_labels_training_never_saw_stop_an_evaluation(small_root, tmp
     assert record["num_videos"] == 9 and record["value"] <= 100 * 7 / 9
 
 
+def test_a_list_with_class_names_beside_one_with_ids_stops_an_evaluation(tmp_path, tiny_mp4):
+    """Training names its classes (ids: sorted names), validation gives ids: nothing says which id is which
+    name, so the run stops naming both lists rather than compare the two numberings."""
+    for rel in ("t/a.mp4", "t/b.mp4", "v/a.mp4"):
+        place(tiny_mp4, str(tmp_path / rel))
+    (tmp_path / "train.csv").write_text("path,label\nt/a.mp4,run\nt/b.mp4,jump\n")
+    (tmp_path / "val.csv").write_text("path,label\nv/a.mp4,1\n")
+    sets = [data.build_dataset("csv", root=str(tmp_path), split=split, list_file=str(tmp_path / f"{split}.csv"),
+                               crop_size=16) for split in ("train", "val")]
+    message = (f"the csv train list ({tmp_path / 'train.csv'}) names its classes and the csv val list "
+               f"({tmp_path / 'val.csv'}) gives class ids: which id is which name is nowhere said; give both "
+               f"lists class names, or both ids")
+    for train, val in (sets, sets[::-1]):  # either way round, the list with names is named first
+        with pytest.raises(ValueError) as e:
+            data.check_eval_lists(train, val, allow_unseen=True)
+        assert str(e.value) == message
+
+
 def test_class_names_of_a_validation_list_take_the_training_lists_ids(tmp_path, tiny_mp4):
     """Lists that name their classes: ids are the training list's (sorted names), whatever names the
     validation list happens to hold; a name training lacks is reported by name."""
