@@ -3,7 +3,7 @@
     python reproduce/collect.py [--runs runs] [--results results] [--out reproduce/out]
 
 Reads every JSON record in --results (written by eval_knn.py, eval_linear.py, finetune.py and
-semisup.py through utils.write_result) and every --runs/<run>/log.jsonl written by pretrain.py.
+semisup.py through records.write_result) and every --runs/<run>/log.jsonl written by pretrain.py.
 Writes, into --out:
   tableN.md / tableN.csv   the paper's layout, "ours" beside "paper" for each column; a cell we did
                            not get is "—" (MISSING), a row we do not reproduce (other papers' methods)
@@ -55,7 +55,8 @@ def _is_top1(metric):
 
 def load_results(results_dir):
     """{(pretrain run, eval): value}. Several records of one evaluation (e.g. one per split) are
-    reduced to the record with split all/mean when there is one, else to their mean."""
+    reduced to the record with split all/mean when there is one, else to their mean; records of one
+    evaluation on different data sets (a smoke run's beside a real one's) stop it."""
     records = []
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         with open(path) as f:
@@ -68,13 +69,17 @@ def load_results(results_dir):
             continue  # a record not written by reproduce/ (no "<run>__<eval>" name)
         name, ev = run.rsplit("__", 1)
         records.append(dict(name=name, eval=ev, split=str(rec.get("split", "")), metric=rec.get("metric", ""),
-                            value=float(rec["value"])))
+                            dataset=str(rec.get("dataset", "")), path=path, value=float(rec["value"])))
     out = {}
     if not records:
         return out
     df = pd.DataFrame(records)
     df = df[df.metric.map(_is_top1)]
     for (name, ev), g in df.groupby(["name", "eval"]):
+        if g.dataset.nunique() > 1:
+            raise ValueError(f"{results_dir} holds records of {name}__{ev} on {g.dataset.nunique()} data sets "
+                             f"({', '.join(sorted(g.dataset.unique()))}; e.g. {g.path.iloc[0]}): one evaluation, "
+                             f"one data set; keep smoke and real results in different --results folders")
         summary = g[g.split.str.lower().isin(["all", "mean", "avg", "average"])]
         out[(name, ev)] = float((summary if len(summary) else g).value.mean())
     return out
@@ -202,14 +207,7 @@ def plot_table(df, number, path):
 
 def read_log(run_dir):
     """Per-iteration records of one pretraining run as a DataFrame with an 'epochs' x coordinate."""
-    path = os.path.join(run_dir, "log.jsonl")
-    rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                rows.append(json.loads(line))
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(read_records(os.path.join(run_dir, "log.jsonl")))
     if df.empty or "loss" not in df:
         return df
     if "kind" in df:  # the step records ("kind": "step"), not the epoch, test or k-NN ones
@@ -279,6 +277,11 @@ def plot_knn_vs_epochs(results, path):
 MINI_LABELS = {"iboot": "iBoot", "rhobyol": "ρBYOL"}
 
 
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def read_records(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -286,10 +289,14 @@ def read_records(path):
 
 def read_mini_runs(folder):
     """{(method, seed): {"epochs": DataFrame of the init and epoch records, "knn": the closing k-NN
-    record or None, "linear": top-1 or None}} of the <method>_s<seed> runs in folder."""
+    record or None, "linear": top-1 or None}} of the <method>_s<seed> runs in folder; a run without its
+    DONE marker (unfinished) stops it rather than enter the means."""
     runs = {}
     for log in sorted(glob.glob(os.path.join(folder, "*_s*", "log.jsonl"))):
         name = os.path.basename(os.path.dirname(log))
+        if not os.path.isfile(os.path.join(folder, name, "DONE")):
+            raise ValueError(f"{os.path.join(folder, name)} has no DONE marker: an unfinished run; finish it "
+                             f"(reproduce/mini.sh with its --seeds) or move it out of {folder}")
         method, seed = name.rsplit("_s", 1)
         recs = read_records(log)
         epochs = pd.DataFrame([r for r in recs if r.get("kind") in ("init", "epoch")])
@@ -298,8 +305,10 @@ def read_mini_runs(folder):
         epochs = epochs.assign(minutes=epochs.get("seconds", pd.Series(0.0, index=epochs.index)).fillna(0).cumsum() / 60)
         knn = [r for r in recs if r.get("kind") == "knn"]
         linear = glob.glob(os.path.join(folder, "results", f"mini_{name}__linear*.json"))
+        if len(linear) > 1:
+            raise ValueError(f"{len(linear)} linear-probe records of {name} in {folder}/results: {', '.join(linear)}")
         runs[(method, int(seed))] = dict(epochs=epochs, knn=knn[-1] if knn else None,
-                                         linear=json.load(open(linear[0]))["value"] if linear else None)
+                                         linear=_read_json(linear[0])["value"] if linear else None)
     return runs
 
 

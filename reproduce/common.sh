@@ -3,7 +3,8 @@
 # paper's protocols); `run_table N` runs the steps plan.py lists for table N that are not done yet.
 #
 # A finished pretraining run leaves $RUNS/<run>/DONE and a finished evaluation $RUNS/<run>/evals/<eval>.done,
-# so a run several tables share trains once. An interrupted run is simply started again: the scripts
+# so a run several tables share trains once; each marker holds the command that finished the step, and one
+# written by another command stops the table. An interrupted run is simply started again: the scripts
 # resume from $RUNS/<run>/checkpoint.pth.
 #
 # Environment (defaults in brackets):
@@ -63,14 +64,21 @@ rank_error() {
     if [[ -n "$line" ]]; then printf '%s\n' "${line//\\\"/\"}"; fi
 }
 
-# run_steps: every "done-marker TAB command" line of standard input that has no done-marker yet.
+# run_steps: every "done-marker TAB command" line of standard input that has no done-marker yet. A marker
+# holds the command that finished its step: one written by another command (other data, flags, a smoke
+# run in the same RUNS) stops the table with one line instead of standing in for this step.
 run_steps() {
     local marker command
     while IFS=$'\t' read -r marker command; do
-        if [[ -f "$marker" ]]; then log "reusing ${marker#"$RUNS"/} (done)"; continue; fi
+        if [[ -f "$marker" ]]; then
+            if [[ "$(< "$marker")" == "$command" ]]; then log "reusing ${marker#"$RUNS"/} (done)"; continue; fi
+            echo "error: $marker: this step was done by another command (the marker holds it), not by: $command;" \
+                 "give RUNS another folder, or remove the marker to run this command" >&2
+            return 2
+        fi
         log "running ${marker#"$RUNS"/}"
         eval "launch $command"
-        [[ "$DRY_RUN" == 1 ]] || { mkdir -p "$(dirname "$marker")"; touch "$marker"; }
+        [[ "$DRY_RUN" == 1 ]] || { mkdir -p "$(dirname "$marker")"; printf '%s\n' "$command" > "$marker"; }
     done
 }
 

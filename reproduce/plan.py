@@ -10,7 +10,7 @@ reproduce/collect.py places in each cell.
 
 A pretraining run lives in $RUNS/<name>, named after its flags (iboot_clip_vit_b16_nopool_slow_r50_k400_
 e100_b104), so a run that several tables share (the CLIP and DINO rows of Tables 1-4, the 200-epoch
-CLIP run of Tables 6, 9, 10 and 11) trains once: its step is done when $RUNS/<name>/DONE exists. Every
+CLIP run of Tables 6, 9, 10 and 11) trains once: its step is done when $RUNS/<name>/DONE holds its command. Every
 evaluation writes one JSON record into $RESULTS named "<run>__<evaluation>" (done:
 $RUNS/<run>/evals/<evaluation>.done), which is all collect.py needs. The environment
 (reproduce/common.sh sets the defaults) says where the data and the weights are and how many GPUs run:

@@ -160,11 +160,54 @@ def test_paper_numbers_cover_every_cell_and_match_the_paper():
     assert paper[(11, "iBoot", "1% Labels")] == "40.1"
 
 
-def write_record(folder, run, value, split="1", metric="top1"):
+def write_record(folder, run, value, split="1", metric="top1", **extra):
     os.makedirs(folder, exist_ok=True)
-    name = f"{run}_{split}_{metric}.json".replace("/", "-")
+    name = "_".join([run, *extra.values(), split, metric]).replace("/", "-") + ".json"
     with open(os.path.join(folder, name), "w") as f:
-        json.dump(dict(run=run, split=split, metric=metric, value=value), f)
+        json.dump(dict(run=run, split=split, metric=metric, value=value, **extra), f)
+
+
+def test_collect_stops_on_one_evaluation_recorded_on_two_data_sets(tmp_path):
+    """A smoke run's record (synthetic) beside a real one (kinetics) of the same evaluation: two files,
+    as records.write_result names them by data set. Their mean is no number of either: collect stops."""
+    res = str(tmp_path / "results")
+    write_record(res, f"{plan.CLIP_NOPOOL.name}__knn", 10.0, dataset="synthetic")
+    write_record(res, f"{plan.CLIP_NOPOOL.name}__knn", 50.0, dataset="kinetics")
+    with pytest.raises(ValueError, match=rf"^{res} holds records of {plan.CLIP_NOPOOL.name}__knn on 2 data sets "
+                                         r"\(kinetics, synthetic; e.g. .*\): one evaluation, one data set"):
+        collect.load_results(res)
+
+
+def test_collect_mini_stops_on_an_unfinished_run(tmp_path):
+    """A <method>_s<seed> folder without its DONE marker (a run stopped, or left from other --seeds) never
+    enters the means."""
+    run = tmp_path / "iboot_s3"
+    run.mkdir()
+    (run / "log.jsonl").write_text(json.dumps(dict(kind="epoch", epoch=1, knn_top1=40.0, seconds=1.0)) + "\n")
+    with pytest.raises(ValueError, match=rf"^{run} has no DONE marker: an unfinished run"):
+        collect.read_mini_runs(str(tmp_path))
+    (run / "DONE").write_text("pretrain.py ...\n")
+    assert list(collect.read_mini_runs(str(tmp_path))) == [("iboot", 3)]
+
+
+def test_a_done_marker_stands_only_for_the_command_that_wrote_it(tmp_path):
+    """common.sh's run_steps: a step whose marker holds its command is reused; a marker written by another
+    command (other data or flags in the same RUNS) stops the run with one line, and runs nothing."""
+    marker = tmp_path / "run" / "DONE"
+    script = 'source reproduce/common.sh; LAUNCH=python; printf "%s\t%s\n" "$MARKER" "$STEP" | run_steps'
+
+    def step(code):
+        env = dict(os.environ, MARKER=str(marker), STEP=f"-c '{code}'", PYTHON=sys.executable, RUNS=str(tmp_path))
+        return subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+    first = step("print(7)")
+    assert first.returncode == 0 and first.stdout == "7\n" and marker.read_text() == "-c 'print(7)'\n"
+    again = step("print(7)")
+    assert again.returncode == 0 and again.stdout == "" and "reusing run/DONE (done)" in again.stderr
+    other = step("print(8)")
+    assert other.returncode == 2 and other.stdout == "" and other.stderr.strip().splitlines()[-1] == (
+        f"error: {marker}: this step was done by another command (the marker holds it), not by: -c 'print(8)'; "
+        f"give RUNS another folder, or remove the marker to run this command")
 
 
 def test_collect_places_records_averages_splits_and_marks_missing(tmp_path):
