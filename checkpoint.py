@@ -20,8 +20,6 @@ loading that never runs code from a file.
 """
 import argparse
 import collections
-import errno
-import hashlib
 import json
 import os
 import pickle
@@ -37,6 +35,7 @@ import torch
 
 import cli
 import distributed
+import records
 import rng
 
 CHECKPOINT_NAME = "checkpoint.pth"
@@ -57,15 +56,6 @@ def _new_file_mode():
     return 0o666 & ~mask
 
 
-def _no_space(error):
-    """ENOSPC anywhere in the exception chain (torch.save re-raises a write error as RuntimeError)."""
-    while error is not None:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
 def _write_atomically(path, write):
     """write(f) into a temporary file in the same folder, then rename: a crash or a full disk at any
     moment leaves the previous file (or none), never a truncated one, and no temporary file."""
@@ -82,7 +72,7 @@ def _write_atomically(path, write):
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if _no_space(e):
+        if records.no_space(e):
             raise cli.SetupError(f"no space left on the device of {folder} while writing "
                                  f"{os.path.basename(path)}; the previous checkpoint is intact. Free "
                                  f"space there or pass another --output_dir") from None
@@ -299,11 +289,7 @@ def _load_safetensors(path, label, map_location="cpu"):
 
 def file_fingerprint(path):
     """Path, size and SHA-256 of a file: the weights a run starts from are part of what it is."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return dict(path=os.path.abspath(path), size=os.path.getsize(path), sha256=digest.hexdigest())
+    return dict(path=os.path.abspath(path), size=os.path.getsize(path), sha256=records.sha256_file(path))
 
 
 def run_fingerprint(args, files=()):

@@ -1,7 +1,7 @@
 """torchvision, timm and open_clip on a CPU-only torch: the one compatibility shim of the project.
 
     import_module(name)   a module of torchvision, timm or open_clip (e.g. "timm.optim"), on any torch
-    import_timm() / import_open_clip() / import_torchvision()   the libraries themselves
+    import_timm() / import_open_clip()   the libraries themselves
 
 The torchvision wheel that pairs with torch 2.13.0 is a CUDA build. On a CPU-only torch its compiled
 extension (_C.so) cannot load, and `import torchvision` then dies in torchvision/_meta_registrations.py
@@ -79,10 +79,6 @@ def import_module(name):
     """importlib.import_module(name) once the torchvision fallbacks are in place."""
     register_torchvision_fallbacks()
     return importlib.import_module(name)
-
-
-def import_torchvision():
-    return import_module("torchvision")
 
 
 def import_timm():

@@ -392,7 +392,7 @@ def write_missing_videos(output_dir, *datasets):
 
 def check_files(videos, skip_missing=False, what="video list"):
     """(present videos, missing paths). Stops at start-up when listed videos do not exist, unless
-    skip_missing; the caller writes the full missing list (write_video_list) where the user sees it."""
+    skip_missing; the caller writes the full missing list (write_missing_videos) where the user sees it."""
     missing = [p for p, _ in videos if not os.path.isfile(p)]
     if missing and not skip_missing:
         raise FileNotFoundError(f"{len(missing)} of {len(videos)} videos in the {what} do not exist (first: "
@@ -426,15 +426,12 @@ def list_source(videos, list_file, root, what):
     files or folders, list None and the sha256 of the listing: a `path<TAB>label` line per video, paths
     relative to the root), the data root and the number of videos listed."""
     if list_file is not None and os.path.isfile(list_file):
-        digest = hashlib.sha256()
-        with open(list_file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        sha256 = records.sha256_file(list_file)
     else:
         list_file = None
         listing = "".join(f"{os.path.relpath(p, root) if root else p}\t{lab}\n" for p, lab in videos)
-        digest = hashlib.sha256(listing.encode())
-    return dict(what=what, list=None if list_file is None else os.path.abspath(list_file), sha256=digest.hexdigest(),
+        sha256 = hashlib.sha256(listing.encode()).hexdigest()
+    return dict(what=what, list=None if list_file is None else os.path.abspath(list_file), sha256=sha256,
                 data_root=None if root is None else os.path.abspath(root), listed=len(videos))
 
 

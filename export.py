@@ -38,29 +38,27 @@ def get_args_parser():
     return p
 
 
-def safetensors_checkpoint(state, arch, obj):
-    """encoder.safetensors' content: the tensors under "encoder", the architecture, and what `obj` (the
-    source) says of its pretraining as a pretrain.py checkpoint says it, so that
-    models.pretraining_record reads the same fields from the export as from its source."""
-    record = models.pretraining_record(obj)
-    return dict(encoder=state, encoder_name=arch, epoch=record["pretrain_epochs"],
-                args=dict(method=record["method"], teacher=record["teacher"], dataset=record["pretrain_data"],
-                          epochs=record["pretrain_epochs"]))
+def safetensors_checkpoint(state, fields):
+    """encoder.safetensors' content: the tensors under "encoder", the architecture, and what the source
+    says of its pretraining (models.load_weights_file's record fields) as a pretrain.py checkpoint says it,
+    so that models.pretraining_record reads the same fields from the export as from its source."""
+    return dict(encoder=state, encoder_name=fields["arch"], epoch=fields["pretrain_epochs"],
+                args=dict(method=fields["method"], teacher=fields["teacher"], dataset=fields["pretrain_data"],
+                          epochs=fields["pretrain_epochs"]))
 
 
 def main(args):
-    obj = checkpoint.load(args.pretrained, trust=args.trust_checkpoint, flag="--pretrained")
-    encoder = models.load_pretrained(obj, arch=args.arch, inflate_mode=args.inflation)
+    encoder, fields = models.load_weights_file(args.pretrained, arch=args.arch, inflation=args.inflation,
+                                               trust=args.trust_checkpoint)
     state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
-    arch = (obj.get("encoder_name") if isinstance(obj, dict) else None) or args.arch
     plain = os.path.join(args.output_dir, "encoder.pth")
     safe = os.path.join(args.output_dir, "encoder.safetensors")
     pyslowfast = os.path.join(args.output_dir, "encoder_pyslowfast.pyth")
     checkpoint.save(state, plain)
-    checkpoint.save_safetensors(safetensors_checkpoint(state, arch, obj), safe)
-    epoch = obj.get("epoch", 0) if isinstance(obj, dict) else 0
-    checkpoint.save(dict(model_state=models.pyslowfast_state_dict(state), epoch=epoch), pyslowfast)
-    print(f"{arch} encoder of {args.pretrained} ({len(state)} tensors) written to {plain}, {safe} and {pyslowfast}")
+    checkpoint.save_safetensors(safetensors_checkpoint(state, fields), safe)
+    checkpoint.save(dict(model_state=models.pyslowfast_state_dict(state), epoch=fields["pretrain_epochs"]), pyslowfast)
+    print(f"{fields['arch']} encoder of {args.pretrained} ({len(state)} tensors) written to {plain}, {safe} and "
+          f"{pyslowfast}")
     return plain, pyslowfast
 
 

@@ -45,7 +45,8 @@ initialisation from 2D ImageNet weights, and import of PySlowFast checkpoints.
   export.py's encoder.safetensors, built with the architecture recorded in it (or of a PySlowFast /
   torchvision / raw file, given `arch`).
 - `load_backbone(pretrained, arch, fmt, inflation)`: an evaluation's encoder ("scratch" or a weights file)
-  and the record fields the file implies (arch, method, teacher, pretraining data and epochs).
+  and the record fields the file implies (arch, method, teacher, pretraining data and epochs);
+  `load_weights_file(...)` the same for a weights file only (export.py).
 - `count_flops(model, input_shape)`: multiply-adds (torch's FlopCounterMode, run on meta tensors so even
   slow_r50 at 8x256x256 costs no compute).
 """
@@ -416,6 +417,11 @@ def load_backbone(pretrained, arch=None, fmt="auto", inflation="mean", trust=Fal
         arch = arch or "slow_r50"
         return build_encoder(arch), dict(arch=arch, method="supervised", teacher="-", pretrain_data="-",
                                          pretrain_epochs=0)
+    return load_weights_file(pretrained, arch, fmt, inflation, trust)
+
+
+def load_weights_file(pretrained, arch=None, fmt="auto", inflation="mean", trust=False):
+    """(encoder, record fields) of a weights file (load_backbone's, and export.py's input)."""
     if not os.path.isfile(pretrained):
         raise FileNotFoundError(f"--pretrained: no such file: {pretrained}")
     obj = checkpoint.load(pretrained, trust=trust, flag="--pretrained")

@@ -28,7 +28,6 @@ must be the same. --num_workers processes, each one video at a time on one threa
 import argparse
 import csv
 import ctypes
-import errno
 import hashlib
 import io
 import json
@@ -148,19 +147,6 @@ def remove_temporaries(output_dir):
 # One video (runs in a worker process)
 # ----------------------------------------------------------------------------------------------
 
-def sha256(path, limit=None):
-    """Hex SHA-256 of the file, or of its first `limit` bytes."""
-    digest, left = hashlib.sha256(), limit if limit is not None else float("inf")
-    with open(path, "rb") as f:
-        while left > 0:
-            block = f.read(int(min(1 << 20, left)))
-            if not block:
-                break
-            digest.update(block)
-            left -= len(block)
-    return digest.hexdigest()
-
-
 def verify_copy(path, source, copy):
     """None when the file at path is the copy that write_resized reported (source, copy), else what is
     wrong: decoded frames and header frame count equal the frames written, the size is the one written,
@@ -184,10 +170,6 @@ class DiskFull(Exception):
     """No space left where the copy is written."""
 
 
-def _no_space(error):
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
 def _write(src, dst, settings):
     """Write, verify and rename one copy. Returns (source, copy) dicts, or why there is none: the
     source's video.undecodable_reason (scan.py's words) when it has one, else what failed in copying."""
@@ -200,7 +182,7 @@ def _write(src, dst, settings):
         os.replace(dst + PART, dst)
         return source, copy
     except (OSError, *video.DECODE_ERRORS) as e:
-        if _no_space(e):
+        if records.no_space(e):
             raise DiskFull(str(e)) from None
         reason = video.undecodable_reason(src)
         if reason is not None:
@@ -226,8 +208,8 @@ def prepare_video(job):
     if isinstance(result, str):
         return dict(record, reason=result)
     source, copy = result
-    record["source"].update(source, sha256_first_mb=sha256(src, HEAD_BYTES))
-    copy.update(path=os.path.relpath(dst, output_dir), size=os.path.getsize(dst), sha256=sha256(dst))
+    record["source"].update(source, sha256_first_mb=records.sha256_file(src, HEAD_BYTES))
+    copy.update(path=os.path.relpath(dst, output_dir), size=os.path.getsize(dst), sha256=records.sha256_file(dst))
     return dict(record, copy=copy)
 
 
@@ -360,7 +342,7 @@ def run_jobs(jobs, args, journal, total):
             broken += "reason" in record
             progress.update(broken=broken)
     except (DiskFull, OSError) as e:
-        if not isinstance(e, DiskFull) and not _no_space(e):
+        if not isinstance(e, DiskFull) and not records.no_space(e):
             raise
         done = total - len(jobs) + len(done_records)
         raise cli.SetupError(f"no space left on the device of --output_dir {args.output_dir} after {done} of "
@@ -421,7 +403,7 @@ def main(args):
     try:
         good, broken, digest = copy_all(args, videos, classes, plan)
     except OSError as e:
-        if not _no_space(e):
+        if not records.no_space(e):
             raise
         raise cli.SetupError(f"no space left on the device of --output_dir {args.output_dir}; the finished copies "
                              f"stay: free space there and run the same command again to finish") from None

@@ -8,9 +8,12 @@
     save_config(flags, output_dir)      config.json: every flag and run_environment() (code, packages,
                                         command line, processes), and the data the run reads
     write_result(results_dir, record)   one JSON file per evaluation, written atomically
+    sha256_file(path) / no_space(error) the hash a record gives of a file; a write that failed for lack of
+                                        space (or quota)
 """
 import errno
 import fcntl
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -188,3 +191,25 @@ def write_result(results_dir, record):
         json.dump(record, f, indent=2, sort_keys=True, default=str)
     os.replace(tmp, path)
     return path
+
+
+def sha256_file(path, limit=None):
+    """Hex SHA-256 of a file, or of its first `limit` bytes."""
+    digest, left = hashlib.sha256(), limit if limit is not None else float("inf")
+    with open(path, "rb") as f:
+        while left > 0:
+            block = f.read(int(min(1 << 20, left)))
+            if not block:
+                break
+            digest.update(block)
+            left -= len(block)
+    return digest.hexdigest()
+
+
+def no_space(error):
+    """ENOSPC or EDQUOT anywhere in the exception chain (torch.save re-raises a write error as RuntimeError)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

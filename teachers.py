@@ -24,7 +24,6 @@
 - `convert_lite0_state_dict(sd, model)`: lukemelas efficientnet_pytorch key names -> timm's.
 """
 import os
-import zipfile
 
 import torch
 import torch.nn as nn
@@ -133,11 +132,11 @@ def _check_readable(path):
     """A file that is no checkpoint at all (text, an image, an HTML error page saved by a download) is
     named as such, before a library reports it as some KeyError deep inside. Checked by its first
     bytes: a zip archive (torch.save, TorchScript such as OpenAI's CLIP .pt), a pickle (older
-    torch.save, SwAV's .pth.tar) or safetensors (an 8-byte length, then a JSON header)."""
+    torch.save, SwAV's .pth.tar) or safetensors (an 8-byte length, then a JSON header): checkpoint.file_kind."""
+    if checkpoint.file_kind(path) is not None:
+        return
     with open(path, "rb") as f:
         head = f.read(9)
-    if zipfile.is_zipfile(path) or head[:1] == b"\x80" or head[8:9] == b"{":
-        return
     raise ValueError(f"{WEIGHTS_FLAG} {path}: not a PyTorch or safetensors checkpoint (it starts with {head!r})")
 
 

@@ -449,7 +449,8 @@ def environment(environ):
     env.setdefault("SMOKE_DATA", os.path.join(env["RUNS"], "synthetic"))
     if env.get("SMOKE") == "1":
         env["WORLD_SIZE"] = "1"
-        env.setdefault("IMAGENET_R50", smoke_2d_init(os.path.join(env["RUNS"], "smoke_2d_resnet.pth")))
+        if not env.get("IMAGENET_R50"):  # built only when no file is given (it imports torch)
+            env["IMAGENET_R50"] = smoke_2d_init(os.path.join(env["RUNS"], "smoke_2d_resnet.pth"))
     return env
 
 

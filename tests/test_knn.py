@@ -2,7 +2,6 @@
 feature extraction that sees every video once under torchrun."""
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import knn
+from helpers import free_port
 
 
 def brute_force_knn_scores(train_f, train_y, test_f, k, num_classes, temperature=0.07):
@@ -116,14 +116,8 @@ def _extract_worker(rank, world, port, out_dir):
     torch.distributed.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_distributed_extraction_every_video_once(tmp_path):
-    mp.spawn(_extract_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_extract_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ref_f, ref_y, ref_idx = knn.extract_features(MeanAndOne(), IndexClips(), torch.device("cpu"), 3, 0)
     assert ref_idx.tolist() == list(range(7))
     for rank in range(2):

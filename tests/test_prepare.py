@@ -260,13 +260,6 @@ def test_manifest_records_sources_copies_and_settings(sources, tmp_path, capsys)
     assert not (out / "train_manifest.partial.jsonl").exists()
 
 
-def test_sha256_of_the_first_megabyte(tmp_path):
-    blob = np.random.default_rng(0).bytes(3 << 20)
-    (tmp_path / "b").write_bytes(blob)
-    assert prepare.sha256(str(tmp_path / "b"), 1 << 20) == hashlib.sha256(blob[: 1 << 20]).hexdigest()
-    assert prepare.sha256(str(tmp_path / "b")) == hashlib.sha256(blob).hexdigest()
-
-
 # ---- resume ----------------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """records.py: result files, progress lines without a terminal, the config record, one run per folder."""
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -77,3 +78,10 @@ def test_a_folder_held_by_another_process_is_refused_and_freed_when_it_is_killed
     records.lock_output_dir(folder)  # at once: nothing stale
     records.lock_output_dir(folder)  # and again: this process holds it already
     assert open(os.path.join(folder, ".lock")).read().startswith(f"pid {os.getpid()} on ")
+
+
+def test_sha256_of_a_file_and_of_its_first_megabyte(tmp_path):
+    blob = os.urandom(3 << 20)
+    (tmp_path / "b").write_bytes(blob)
+    assert records.sha256_file(str(tmp_path / "b"), 1 << 20) == hashlib.sha256(blob[: 1 << 20]).hexdigest()
+    assert records.sha256_file(str(tmp_path / "b")) == hashlib.sha256(blob).hexdigest()
