@@ -296,12 +296,12 @@ def write_atomic(path, text):
 
 def list_text(dataset, videos, classes, plan, output_dir):
     """The copy's list in the input's format: PySlowFast `path label` (or `path`) lines for kinetics, a
-    `path,label` CSV (the same label names for csv, ids otherwise) for the rest; paths relative to it."""
+    `path,label` CSV for the rest, with class names wherever the input has them (so that lists prepared
+    apart are matched by name, data.check_eval_lists; ids only for csv lists of ids); paths relative to it."""
     rel = {src: os.path.relpath(dst, output_dir) for src, dst in plan.items()}
     if dataset == "kinetics":
         return "".join(f"{rel[p]}\n" if y is None else f"{rel[p]} {y}\n" for p, y in videos)
-    label = (lambda y: "" if y is None else classes[y]) if dataset == "csv" and classes else \
-        (lambda y: "" if y is None else str(y))
+    label = (lambda y: "" if y is None else classes[y]) if classes else (lambda y: "" if y is None else str(y))
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["path", "label"])

@@ -234,6 +234,9 @@ def test_csv_with_class_names_and_folder_data_sets_keep_their_labels(sources, tm
                 if video.undecodable_reason(p) is None]
     assert [(os.path.relpath(p, out), y) for p, y in copied] == expected == \
         [(os.path.relpath(p, out), y) for p, y in listed]
+    # its CSV names the classes (ids alone would be this split's: lists prepared apart could not be matched)
+    rows = (out / "train.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[1] for row in rows] == [classes[y] for _, y in expected]
 
 
 def test_manifest_records_sources_copies_and_settings(sources, tmp_path, capsys):
