@@ -324,9 +324,10 @@ def per_gpu_batch(global_batch, env):
             warn(f"BATCH_PER_GPU={forced} x {world} GPUs = {forced * world}, not the paper's global batch "
                  f"{global_batch} (the lr follows the linear scaling rule)")
         return forced
-    per_gpu = -(-global_batch // world)
-    if per_gpu * world != global_batch:
-        warn(f"global batch {global_batch} does not divide over {world} GPUs; using {per_gpu} per GPU")
+    per_gpu = global_batch // world
+    if per_gpu * world != global_batch:  # a rounded batch would train another run under the paper's name
+        raise ValueError(f"the paper's global batch {global_batch} does not divide over {world} GPUs: use a GPU "
+                         f"count that divides it, or set BATCH_PER_GPU (the lr then follows the linear scaling rule)")
     if per_gpu > PER_GPU_BATCH:
         warn(f"the paper's global batch {global_batch} on {world} GPUs means {per_gpu} clips per GPU (paper: "
              f"{PER_GPU_BATCH}); set BATCH_PER_GPU if it does not fit in memory")

@@ -103,6 +103,17 @@ def test_every_table_row_is_trained_and_evaluated_and_shared_runs_are_shared(ful
     assert all(plan.CLIP_DEFAULT.name in trained[n] for n in (4, 5, 6, 7, 8))
 
 
+def test_a_global_batch_that_does_not_divide_over_the_gpus_stops_the_plan():
+    """104 clips on 6 GPUs would be 108 (rounded up) under a run named b104: the plan stops instead, naming
+    the way out; BATCH_PER_GPU is the user's explicit choice."""
+    env = plan.environment(dict(FULL_ENV, GPUS_PER_NODE="3", NNODES="2"))
+    with pytest.raises(ValueError, match=r"^the paper's global batch 104 does not divide over 6 GPUs: use a GPU "
+                                         r"count that divides it, or set BATCH_PER_GPU"):
+        plan.per_gpu_batch(104, env)
+    assert plan.per_gpu_batch(104, dict(env, BATCH_PER_GPU="18")) == 18
+    assert plan.per_gpu_batch(104, plan.environment(dict(FULL_ENV))) == 13
+
+
 def test_run_names_spell_out_their_settings():
     assert plan.CLIP_NOPOOL.name == "iboot_clip_vit_b16_nopool_slow_r50_k400_e100_b104"
     assert plan.Pretraining("rhobyol", augmentation="paper").name == "rhobyol_paperaug_slow_r50_k400_e100_b104"
