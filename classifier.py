@@ -117,35 +117,21 @@ def evaluate_multiview(model, dataset, device, flags):
     ("skipped"); more than --max_skip_share of them stops the run."""
     model.eval()
     videos_per_step = max(1, flags.batch_size_per_gpu // dataset.views_per_video)
-    loader = data.eval_loader(dataset, videos_per_step, flags.num_workers, device)
     skipped = data.SkippedVideos(flags.output_dir, flags.max_skip_share)
-    correct1 = correct5 = seen = loaded = 0
-    progress = records.Progress(len(loader), "test", flags.log_every)
-    for batch in loader:
-        skipped.add(batch["skipped"])
+    correct1 = correct5 = seen = 0
+    for batch in data.decoded_batches(dataset, videos_per_step, flags.num_workers, device, flags.log_every, skipped,
+                                      "the test set", desc="test"):
         clips = batch["clips"]  # uint8 (B, V, 3, T, S, S)
-        loaded += len(batch["skipped"]) + clips.shape[0]
-        if clips.shape[0] == 0:
-            continue
         B, V = clips.shape[:2]
         with precision.autocast(device, flags.precision):
             logits = model(augment.student_input(clips.to(device, non_blocking=True).flatten(0, 1)))
         hits = topk_correct(aggregate_views(logits.view(B, V, -1)), batch["label"].to(device).view(-1))
         correct1, correct5, seen = correct1 + hits[1], correct5 + hits[5], seen + B
-        progress.update()
-    progress.close()
-    num_skipped = skipped.end_epoch(loaded, device, "the test set")
     seen = distributed.all_reduce_sum(seen, device)
     if seen == 0:
         raise ValueError("no test video could be decoded")
     return dict(top1=100.0 * distributed.all_reduce_sum(correct1, device) / seen,
-                top5=100.0 * distributed.all_reduce_sum(correct5, device) / seen, num_videos=int(seen), skipped=num_skipped)
-
-
-# ----------------------------------------------------------------------------------------------
-# Training: linear probe, fine-tuning, semi-supervised
-# ----------------------------------------------------------------------------------------------
-
+                top5=100.0 * distributed.all_reduce_sum(correct5, device) / seen, num_videos=int(seen), skipped=skipped.last)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
     collate_skip_bad                        sets undecodable videos aside with their reasons ("skipped")
     train_loader / start_epoch              shuffled batches from (seed, epoch), resumable mid-epoch
     build_split / eval_loader               an evaluation's training or test set; a test set's shard per rank
+    decoded_batches                         a test set's decodable videos in batches (k-NN, multi-view testing)
     SkippedVideos                           the undecodable videos: listed, counted, too many stop the run
     check_files / write_missing_videos      start-up check that the listed videos exist
     warn_duplicates / check_eval_lists      paths listed twice (a warning), train/test overlap and test
@@ -323,7 +324,7 @@ class SkippedVideos:
 
     def __init__(self, output_dir, max_share):
         self.path, self.max_share = os.path.join(output_dir, "skipped_videos.txt"), max_share
-        self.written, self.pending = set(), []
+        self.written, self.pending, self.last = set(), [], None
 
     def add(self, skipped):
         self.pending.extend(skipped)
@@ -339,6 +340,7 @@ class SkippedVideos:
             with open(self.path, "a") as f:
                 f.writelines(f"{p}\t{r}\n" for p, r in new)
         self.written.update(p for p, _ in new)
+        self.last = len(everyone)
         total = distributed.all_reduce_sum(seen, device)
         if everyone and len(everyone) > self.max_share * total:
             first = "; ".join(f"{p} ({r})" for p, r in everyone[:3])
@@ -759,6 +761,26 @@ def eval_loader(dataset, batch_size, num_workers, device):
                                                              distributed.world_size()),
         num_workers=num_workers, collate_fn=collate_skip_bad, pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(0))  # worker seeds from its own generator, not the global one
+
+
+def decoded_batches(dataset, batch_size, num_workers, device, log_every=10, skipped=None, what="the set",
+                    desc="features"):
+    """This rank's decodable videos of a mode="test" dataset, in batches (eval_loader): what k-NN features
+    and multi-view testing read. Undecodable videos are left out and, with a SkippedVideos, listed (too
+    many of them stop the run; its .last is their count over the ranks)."""
+    loader, loaded = eval_loader(dataset, batch_size, num_workers, device), 0
+    progress = records.Progress(len(loader), desc, log_every)
+    for batch in loader:
+        loaded += len(batch["skipped"]) + batch["clips"].shape[0]
+        if skipped is not None:
+            skipped.add(batch["skipped"])
+        if batch["clips"].shape[0] > 0:
+            yield batch
+        progress.update()
+    progress.close()
+    if skipped is not None:
+        skipped.end_epoch(loaded, device, what)
+
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,29 +18,11 @@ import augment
 import data
 import distributed
 import precision as precisions
-import records
 
 TEMPERATURE = 0.07
 # Similarity chunks hold at most this many (test x train) entries: 2^26 floats = 256 MiB, so the
 # K400 sets (240k training videos) need chunks of ~280 validation videos, and no larger matrix.
 MAX_CHUNK_ELEMENTS = 2 ** 26
-
-
-def decoded_batches(dataset, batch_size, num_workers, device, log_every=10, skipped=None, what="the set"):
-    """This rank's decodable videos of a mode="test" dataset, in batches (data.eval_loader). Undecodable
-    videos are left out and, with a data.SkippedVideos, listed (too many of them stop the run)."""
-    loader, loaded = data.eval_loader(dataset, batch_size, num_workers, device), 0
-    progress = records.Progress(len(loader), "features", log_every)
-    for batch in loader:
-        loaded += len(batch["skipped"]) + batch["clips"].shape[0]
-        if skipped is not None:
-            skipped.add(batch["skipped"])
-        if batch["clips"].shape[0] > 0:
-            yield batch
-        progress.update()
-    progress.close()
-    if skipped is not None:
-        skipped.end_epoch(loaded, device, what)
 
 
 @torch.no_grad()
@@ -70,7 +52,7 @@ def extract_features(encoder, dataset, device, batch_size, num_workers, precisio
                      skipped=None, what="the set"):
     """encode() of every decodable video of a mode="test" dataset. Under torchrun each process decodes
     and encodes its shard once and the shards are gathered, so every process ends with the whole set."""
-    batches = decoded_batches(dataset, batch_size, num_workers, device, log_every, skipped, what)
+    batches = data.decoded_batches(dataset, batch_size, num_workers, device, log_every, skipped, what)
     return encode(encoder, batches, device, precision)
 
 
@@ -80,7 +62,8 @@ class DecodedSet:
     features() call and never held (a set too large to keep, encoded a few times at the end)."""
 
     def __init__(self, dataset, batch_size, num_workers, device, skipped=None, what="the set", keep=True):
-        self._decode = lambda: decoded_batches(dataset, batch_size, num_workers, device, skipped=skipped, what=what)
+        self._decode = lambda: data.decoded_batches(dataset, batch_size, num_workers, device, skipped=skipped,
+                                                    what=what)
         self.batches = list(self._decode()) if keep else None
 
     def features(self, encoder, device, precision="fp32"):

@@ -304,8 +304,8 @@ class LearningMonitor:
         if flags.monitor_videos:
             watched = torch.utils.data.Subset(val_set, range(min(flags.monitor_videos, len(val_set))))
             batches = (self.val.batches if keep else
-                       knn.decoded_batches(watched, 16, flags.num_workers, device, skipped=skipped,
-                                           what="the monitors' videos"))
+                       data.decoded_batches(watched, 16, flags.num_workers, device, skipped=skipped,
+                                            what="the monitors' videos"))
             self.batch = torch.cat([b["clips"][:, 0] for b in batches])[:flags.monitor_videos]
         if isinstance(objective, iboot.IBoot) and len(self.batch):  # the first teacher's features, pooled over T
             self.targets = torch.cat([objective.teacher_features(c.to(device).float().div(255.0))[0].mean(dim=1)
