@@ -79,6 +79,22 @@ def test_multiview_test_aggregates_the_views_of_each_video(tmp_path):
     assert metrics["top1"] == 0.0 and metrics["top5"] == 100.0
 
 
+class OneUndecodable(ViewCodeDataset):
+    def __getitem__(self, i):
+        return {"undecodable": f"v{i}.mp4", "reason": "no frames"} if i == 3 else super().__getitem__(i)
+
+
+def test_multiview_test_leaves_out_and_counts_undecodable_videos(tmp_path):
+    """An undecodable video is not scored, is listed in skipped_videos.txt and counted ("skipped")."""
+    labels = [0, 1, 2, 0, 1]
+    model = CodeLookup({10 * i: torch.zeros(3).index_fill_(0, torch.tensor([y]), 1.0) for i, y in enumerate(labels)})
+    args = argparse.Namespace(batch_size_per_gpu=2, num_workers=0, precision="fp32", log_every=1,
+                              output_dir=str(tmp_path), max_skip_share=0.5)
+    metrics = classifier.evaluate_multiview(model, OneUndecodable(5, 1, labels), torch.device("cpu"), args)
+    assert (metrics["top1"], metrics["num_videos"], metrics["skipped"]) == (100.0, 4, 1)
+    assert (tmp_path / "skipped_videos.txt").read_text() == "v3.mp4\tno frames\n"
+
+
 # ----------------------------------------------------------------------------------------------
 # Linear probe
 # ----------------------------------------------------------------------------------------------
