@@ -178,9 +178,6 @@ def train_classifier(model, train_set, test_set, flags, device):
     flags; a test every --eval_freq epochs and at the end. Returns the final test metrics with the best
     top-1 seen ("best_top1", "best_epoch") and the data seen ("data": data.fingerprints)."""
     loader, _ = data.train_loader(train_set, flags.batch_size_per_gpu, flags.num_workers, flags.seed, device)
-    if len(loader) == 0:
-        raise ValueError(f"the training set has {len(train_set)} videos, fewer than one global batch of "
-                         f"--batch_size_per_gpu {flags.batch_size_per_gpu} x {flags.world_size} processes")
     model.to(device)
     ddp_model, optimizer, jitter = distributed.ddp(model, device), build_sgd(model, flags), train_jitter(flags, device)
     scaler = precision.grad_scaler(device, flags.precision)

@@ -302,12 +302,16 @@ class ResumableSampler(torch.utils.data.Sampler):
 
 def train_loader(dataset, batch_size, num_workers, seed, device):
     """Shuffled training batches (the last incomplete one dropped) and their ResumableSampler. The loader
-    draws its worker seeds from its own generator, so loading data never moves the global RNG."""
+    draws its worker seeds from its own generator, so loading data never moves the global RNG. A set
+    smaller than one global batch (no step at all) stops the run."""
     sampler = ResumableSampler(dataset, seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=True,
         collate_fn=collate_skip_bad, pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals,
         generator=torch.Generator().manual_seed(rng.derive_seed(seed, "loader")))
+    if len(loader) == 0:
+        raise ValueError(f"the training set has {len(dataset)} videos, fewer than one global batch of "
+                         f"--batch_size_per_gpu {batch_size} x {distributed.world_size()} processes")
     return loader, sampler
 
 

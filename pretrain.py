@@ -187,9 +187,6 @@ def build_loader(flags, device):
                                    crop_size=flags.crop_size, mode="train", seed=flags.seed,
                                    resized_crop=augment.PRETRAIN_RECIPES[flags.augmentation]["resized_crop"])
     loader, _ = data.train_loader(train_set, flags.batch_size_per_gpu, flags.num_workers, flags.seed, device)
-    if len(loader) == 0:
-        raise ValueError(f"the training set has {len(train_set)} videos, fewer than one batch of "
-                         f"--batch_size_per_gpu {flags.batch_size_per_gpu} x {flags.world_size} processes")
     return loader
 
 

@@ -260,3 +260,14 @@ def test_the_k_nn_report_names_the_teacher_it_measured(small_root, tmp_path, cap
                                           "--knn_eval", "yes", "--monitor_videos", "0"])
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("k-NN top-1")][-1]
     assert " | teacher efficientnet_lite0 (frame features) " in line and "+" not in line
+
+
+def test_a_training_set_smaller_than_one_batch_stops_the_run(small_root, tmp_path):
+    """No step could run: one line naming the batch, before anything is written (data.train_loader, the
+    same for every script that trains)."""
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"^the training set has 18 videos, fewer than one global batch of "
+                                         r"--batch_size_per_gpu 32 x 1 processes$"):
+        run_script(pretrain, PRETRAIN_TINY + ["--data_root", str(small_root / "data"), "--output_dir", str(out),
+                                              "--batch_size_per_gpu", "32"])
+    assert not out.exists()
