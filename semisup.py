@@ -54,8 +54,8 @@ def sample_label_subset(labels, percent, seed):
 def load_or_draw_subset(path, labels, percent, seed, video_names=None):
     """The subset written at `path`, or a new one drawn and written there (atomically).
 
-    A file drawn for another training set (different size), fraction or seed is refused, since
-    reusing it silently would change the experiment."""
+    A file drawn for another training set (another size, or other videos at its indices), fraction or
+    seed is refused, since reusing it silently would change the experiment."""
     if os.path.isfile(path):
         with open(path) as f:
             saved = json.load(f)
@@ -64,6 +64,13 @@ def load_or_draw_subset(path, labels, percent, seed, video_names=None):
             if saved.get(key) != value:
                 raise ValueError(f"subset file {path} has {key}={saved.get(key)}, this run needs {value}; "
                                  f"use another --subset_dir or delete the file")
+        if video_names is not None and "videos" in saved:  # the same size is not the same list
+            ours = [video_names[i] for i in saved["indices"]]
+            other = next((k for k, (a, b) in enumerate(zip(saved["videos"], ours)) if a != b), None)
+            if other is not None:
+                raise ValueError(f"subset file {path} was drawn from another training list (its video "
+                                 f"{saved['videos'][other]} is {ours[other]} in this one); use another --subset_dir "
+                                 f"or delete the file")
         return saved["indices"]
     indices = sample_label_subset(labels, percent, seed)
     record = dict(fraction=percent, seed=seed, num_train_videos=len(labels), num_selected=len(indices),

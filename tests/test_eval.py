@@ -36,6 +36,20 @@ def test_label_subset_per_class(tmp_path):
         semisup.sample_label_subset(labels, 0, seed=0)
 
 
+
+def test_a_subset_file_of_another_list_of_the_same_size_is_refused(tmp_path):
+    """The subset file is named after the data root, not the list: a list of the same length with other
+    videos (another --train_list, or the same reordered) must not reuse its indices."""
+    labels, path = [0, 1] * 20, str(tmp_path / "subset.json")
+    names = [f"v{i}.mp4" for i in range(40)]
+    first = semisup.load_or_draw_subset(path, labels, 10, 0, names)
+    assert semisup.load_or_draw_subset(path, labels, 10, 0, names) == first
+    shuffled = names[1:] + names[:1]
+    with pytest.raises(ValueError, match=rf"^subset file {path} was drawn from another training list \(its video "
+                                         rf"v{first[0]}.mp4 is v{first[0] + 1}.mp4 in this one\)"):
+        semisup.load_or_draw_subset(path, labels, 10, 0, shuffled)
+
+
 TINY = EVAL_TINY
 
 
