@@ -55,15 +55,14 @@ def setup(args, defaults, reason, rules, batch_flag="batch_size_per_gpu"):
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """Linear warm-up from warmup_start_lr to base_lr over warmup_epochs, then cosine to final_lr,
-    per iteration. The paper: pretraining warms up 8 epochs then cosine; linear probe 0 -> 1.0 over 8
+    """Linear warm-up from warmup_start_lr to base_lr over warmup_epochs, then cosine to 0, per
+    iteration. The paper: pretraining warms up 8 epochs then cosine; linear probe 0 -> 1.0 over 8
     epochs; SSv2 fine-tuning 0.08 -> 0.15 over 3 epochs."""
     base_lr: float
     epochs: int
     iters_per_epoch: int
     warmup_epochs: float = 0.0
     warmup_start_lr: float = 0.0
-    final_lr: float = 0.0
 
     @property
     def total_steps(self):
@@ -74,22 +73,21 @@ class Schedule:
         return int(round(self.warmup_epochs * self.iters_per_epoch))
 
     def lr(self, step):
-        return warmup_cosine_lr(step, self.total_steps, self.warmup_steps, self.base_lr, self.warmup_start_lr,
-                                self.final_lr)
+        return warmup_cosine_lr(step, self.total_steps, self.warmup_steps, self.base_lr, self.warmup_start_lr)
 
 
-def warmup_cosine_lr(step, total_steps, warmup_steps, base_lr, warmup_start_lr=0.0, final_lr=0.0):
+def warmup_cosine_lr(step, total_steps, warmup_steps, base_lr, warmup_start_lr=0.0):
     """The rate at iteration `step`: linear from warmup_start_lr to base_lr over warmup_steps, then a
-    cosine from base_lr to final_lr at total_steps."""
+    cosine from base_lr to 0 at total_steps."""
     if step < warmup_steps:
         return warmup_start_lr + (base_lr - warmup_start_lr) * step / max(1, warmup_steps)
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return float(final_lr + (base_lr - final_lr) * 0.5 * (1.0 + np.cos(np.pi * progress)))
+    return float(base_lr * 0.5 * (1.0 + np.cos(np.pi * progress)))
 
 
 def set_lr(optimizer, lr):
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        group["lr"] = lr
 
 
 def iterations_per_epoch(loader, max_iters):
