@@ -38,7 +38,7 @@ def get_args_parser():
     p = argparse.ArgumentParser("iboot k-NN evaluation (frozen features)", add_help=True,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     protocols.add_eval_args(p, PAPER_DEFAULTS, training=False)
-    p.add_argument("--nb_knn", type=int, nargs="+", default=[20],
+    p.add_argument("--nb_knn", type=int, nargs="+", default=[knn.K],
                    help="k values; the paper reports k = 20 (DINO's default); 10, 100, 200 are DINO's others")
     p.add_argument("--temperature", type=float, default=knn.TEMPERATURE,
                    help="vote weight exp(cos / T) (DINO 0.07)")

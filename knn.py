@@ -19,6 +19,7 @@ import data
 import distributed
 import precision as precisions
 
+K = 20  # the paper's k (Section 4.2; DINO's default)
 TEMPERATURE = 0.07
 # Similarity chunks hold at most this many (test x train) entries: 2^26 floats = 256 MiB, so the
 # K400 sets (240k training videos) need chunks of ~280 validation videos, and no larger matrix.
@@ -83,7 +84,7 @@ def views_label(k, dataset):
     return f"k={k}, {crops} (short side {dataset.test_short_side}), {clips}"
 
 
-def top1(train, val, k=20, temperature=TEMPERATURE):
+def top1(train, val, k=K, temperature=TEMPERATURE):
     """k-NN top-1 (%) of val on train, each (features, labels, indices) as encode() returns them."""
     (train_f, train_y, _), (val_f, val_y, _) = train, val
     num_classes = int(max(train_y.max().item(), val_y.max().item())) + 1

@@ -268,9 +268,6 @@ def weight_norm(tensors):
 # Learning monitors: what the run is learning, on videos it does not train on
 # ----------------------------------------------------------------------------------------------
 
-KNN_K = 20  # the paper's k (DINO's default)
-
-
 def knn_views(flags):
     """The k-NN views of the learning monitors and the closing report: one clip from the middle of the
     video, one centre crop of the training size from frames resized to a short side of crop x 256 / 224
@@ -289,7 +286,7 @@ class LearningMonitor:
 
     def __init__(self, flags, objective, device, val_set, train_set=None):
         self.flags, self.objective, self.device, self.first, self.last = flags, objective, device, {}, {}
-        self.label = knn.views_label(KNN_K, val_set)
+        self.label = knn.views_label(knn.K, val_set)
         skipped = data.SkippedVideos(flags.output_dir, flags.max_skip_share)
         keep = bool(flags.knn_every)
         self.val = self.train = None
@@ -311,7 +308,7 @@ class LearningMonitor:
     @torch.no_grad()
     def knn_top1(self, encoder):
         return knn.top1(self.train.features(encoder, self.device, self.flags.precision),
-                        self.val.features(encoder, self.device, self.flags.precision), k=KNN_K)
+                        self.val.features(encoder, self.device, self.flags.precision), k=knn.K)
 
     @torch.no_grad()
     def __call__(self, epoch, state=None):

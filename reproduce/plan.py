@@ -25,6 +25,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+import knn  # noqa: E402  (the paper's k)
 import protocols  # noqa: E402  (the evaluation protocols of Section 4.2)
 
 # ----------------------------------------------------------------------------------------------
@@ -98,7 +99,7 @@ RHOBYOL_PUBLIC = Weights("rhobyol_public", "RHOBYOL_CKPT", ("--method", "rhobyol
 
 # evaluation -> (script, data set, root variable, protocol, extra flags)
 EVALUATIONS = {
-    "knn": ("eval_knn.py", "kinetics", "K400", protocols.KNN, ["--nb_knn", "20"]),
+    "knn": ("eval_knn.py", "kinetics", "K400", protocols.KNN, ["--nb_knn", str(knn.K)]),
     "linear": ("eval_linear.py", "kinetics", "K400", protocols.LINEAR, []),
     "ucf_s1": ("finetune.py", "ucf101", "UCF101", protocols.FINETUNE_UCF, ["--split", "1"]),
     "ucf_avg": ("finetune.py", "ucf101", "UCF101", protocols.FINETUNE_UCF, ["--split", "all"]),
