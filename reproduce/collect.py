@@ -192,9 +192,10 @@ def plot_table(df, number, path):
         x = range(len(keep))
         ax.bar([i - 0.2 for i in x], [v or 0 for v in ours], 0.4, label="ours", color="tab:blue")
         ax.bar([i + 0.2 for i in x], [v or 0 for v in paper], 0.4, label="paper", color="tab:gray")
-        for i, v in zip(x, ours):
-            if v is None:
-                ax.text(i - 0.2, 1, "missing", rotation=90, ha="center", va="bottom", fontsize=7)
+        for offset, values, text in ((-0.2, ours, "missing"), (0.2, paper, "no number")):
+            for i, v in zip(x, values):  # no bar is not a bar of 0: say why
+                if v is None:
+                    ax.text(i + offset, 1, text, rotation=90, ha="center", va="bottom", fontsize=7)
         ax.set_xticks(list(x))
         ax.set_xticklabels([labels[i] for i in keep], rotation=30, ha="right", fontsize=7)
         ax.set_title(column)
