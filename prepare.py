@@ -47,12 +47,6 @@ import video
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 # Flags that define the copy: a run resumes a folder only with the values it was started with.
 COPY_FLAGS = ("short_side", "fps", "keyframe_every", "crf", "preset")
-# Seconds between keyframes. Samples/s per core of the training reader (3 clips, T=8, tau=8) on copies with
-# a keyframe every 1 s / 2 s / 4 s / 250 frames (bench/data.py --prepared): generated 10-s 1080p sources
-# 5.31 / 5.10 / 4.40 / 4.20, 10-s 720p 5.12 / 4.77 / 4.08 / 3.95, one 60-s 720p 2.64 / 2.15 / 1.61 / 1.12,
-# 30 surveillance-fight clips (2 s on average) 45.4 / 47.2 / 48.1 / 48.0; files at 1 s are 4-16% larger
-# than at 2 s. 2 s is within 7% of the fastest for clips of up to 10 s (Kinetics); 1 s gains 23% at 60 s.
-KEYFRAME_EVERY = 2.0
 PART = ".part"
 HEAD_BYTES = 1 << 20  # the source checksum covers the first MB: cheap, and tells files apart
 
@@ -72,7 +66,7 @@ def get_args_parser():
                         "(320: PySlowFast's and VideoMAE's Kinetics copies, the top of training's short-side "
                         "range 256-320, so training never enlarges a frame; 256 enlarges up to 1.25x)")
     p.add_argument("--fps", type=float, default=None, help="frame rate of the copy (None: the source's)")
-    p.add_argument("--keyframe_every", type=float, default=KEYFRAME_EVERY,
+    p.add_argument("--keyframe_every", type=float, default=video.KEYFRAME_EVERY,
                    help="seconds between keyframes, at most: where the training reader can start decoding (1 is "
                         "faster for videos of minutes)")
     p.add_argument("--crf", type=int, default=23, help="libx264 quality (0 lossless, 51 worst; 23 its default)")

@@ -58,7 +58,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import augment  # noqa: E402
 import data  # noqa: E402
-import prepare  # noqa: E402
 import video  # noqa: E402
 
 # What one H100-class GPU consumes: slow_r50 with a ViT-B/16 teacher costs 0.78 TFLOP per video, i.e.
@@ -345,7 +344,7 @@ def print_tables(rows, names, ds):
 
 # (label, seconds between keyframes) of the copies; 250 frames is libx264's default, at 30 fps.
 KEYFRAME_INTERVALS = (("1 s", 1.0), ("2 s", 2.0), ("4 s", 4.0), ("250 fr", 250 / 30))
-DEFAULT_INTERVAL = next(label for label, s in KEYFRAME_INTERVALS if s == prepare.KEYFRAME_EVERY)  # prepare.py's
+DEFAULT_INTERVAL = next(label for label, s in KEYFRAME_INTERVALS if s == video.KEYFRAME_EVERY)  # prepare.py's
 
 
 def children_cpu():
