@@ -145,8 +145,11 @@ class GracefulStop:
     def requested(self, device):
         """Whether any rank got a signal (collective under torchrun: call it on every rank each step)."""
         anyone = int(distributed.all_reduce_max(self.signum or 0, device))  # on every rank, signalled or not
-        self.signum = self.signum or anyone or None
-        return self.signum is not None
+        if anyone:
+            self.signum = self.signum or anyone
+        # The answer is the reduced value alone: a signal handled after the all-reduce (it runs between any
+        # two bytecodes) counts at the next step, on every rank at once.
+        return anyone != 0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -205,6 +205,23 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
         assert got == dict(asked=[True, True], signum=int(signal.SIGTERM), gathered=[0, 1])
 
 
+def test_a_signal_handled_just_after_the_all_reduce_counts_at_the_next_step(monkeypatch):
+    """The handler can run between the all-reduce's return and the answer: the other ranks reduced no
+    signal, so this rank must not stop at this step either (it would wait in the checkpoint's gather while
+    they train on); it stops at the next one, with them."""
+    import distributed
+    stop = cli.GracefulStop()
+
+    def reduce_then_signal(value, device):
+        stop._handle(signal.SIGTERM, None)  # lands after the ranks agreed on `value`
+        return value
+
+    monkeypatch.setattr(distributed, "all_reduce_max", reduce_then_signal)
+    assert stop.requested(torch.device("cpu")) is False
+    monkeypatch.setattr(distributed, "all_reduce_max", lambda value, device: value)
+    assert stop.requested(torch.device("cpu")) is True and stop.signum == signal.SIGTERM
+
+
 def test_pytorchs_words_for_a_dead_worker_name_its_pid_and_signal():
     """A worker that dies before the watch first sees it is reaped by PyTorch at once; its error names it
     (torch/csrc/DataLoader.cpp, utils/data/dataloader.py)."""
