@@ -47,10 +47,19 @@ def _raise_stopped(signum, frame):
     raise Stopped(f"stopped by {signal.Signals(signum).name}", signum)
 
 
+def _say(line):
+    """Write one line to stderr in one write: under torchrun every rank shares one pipe, and a write of
+    under PIPE_BUF (4096) bytes is not interleaved with another rank's. print writes the text and its
+    newline in two calls, so two ranks' lines could run together on one line."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _one_line_error(message, status=2):
     line = f"error: {message}"
-    sys.stdout.flush()
-    print(line, file=sys.stderr, flush=True)
+    _say(line)
     _tell_torchrun(line)
     sys.exit(status)
 
@@ -104,11 +113,11 @@ def _end(error, workers):
     if isinstance(error, (ValueError, FileNotFoundError, SetupError)):
         _one_line_error(error)
     if isinstance(error, Stopped):
-        print(error, file=sys.stderr)
+        _say(str(error))
         _tell_torchrun(str(error))
         sys.exit(128 + error.signum)
     if isinstance(error, KeyboardInterrupt):
-        print("stopped by SIGINT (Ctrl-C)", file=sys.stderr)
+        _say("stopped by SIGINT (Ctrl-C)")
         sys.exit(128 + signal.SIGINT)
     raise error
 
@@ -228,7 +237,7 @@ class WorkerWatch:
         time.sleep(self.grace)
         if not self.reported:  # the main thread did not get to say it: say it here
             line = f"error: {self.message()}"
-            print(line, file=sys.stderr, flush=True)
+            _say(line)
             _tell_torchrun(line)
         os._exit(1)
 

@@ -138,6 +138,31 @@ def test_under_torchrun_a_bad_flag_is_the_root_cause_of_torchruns_report(small_r
 
 
 
+class _Writes:
+    """A stderr that records each write call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def write(self, text):
+        self.calls.append(text)
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("error", [ValueError("--epochs 0: must be >= 1"), cli.Stopped("stopped by SIGTERM", 15),
+                                   KeyboardInterrupt()])
+def test_the_one_line_is_one_write_so_ranks_sharing_a_pipe_do_not_run_together(error, monkeypatch):
+    """Under torchrun the ranks share one stderr pipe; a line written in two calls (text, then newline)
+    ran into the other rank's line in CI ('error: ...error: ...'). Each line is one write of text + newline."""
+    writes = _Writes()
+    monkeypatch.setattr(sys, "stderr", writes)
+    with pytest.raises(SystemExit):
+        cli._end(error, cli.WorkerWatch())
+    assert len(writes.calls) == 1 and writes.calls[0].endswith("\n") and writes.calls[0].count("\n") == 1
+
+
 @pytest.mark.slow
 def test_a_killed_data_worker_ends_the_run_within_seconds_in_one_line(small_root, tmp_path):
     """What the kernel's OOM killer does on a long run: SIGKILL to one of pretrain.py's two data-loading

@@ -18,7 +18,7 @@ import data
 import iboot
 import models
 import pretrain
-from helpers import PRETRAIN_TINY, run_script
+from helpers import PRETRAIN_TINY, free_port, run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--arch", "slow_tiny", "--crop_size", "32", "--num_frames", "2", "--stride", "4",
@@ -133,7 +133,7 @@ def test_bad_flags_give_clear_errors(synthetic_root, tmp_path):
 @pytest.mark.slow
 def test_two_cpu_ranks_hold_identical_weights(synthetic_root, tmp_path):
     out = str(tmp_path / "ddp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "tests/ddp_pretrain_worker.py"] + TINY + [
         "--data_root", synthetic_root, "--teacher_weights", "random", "--max_iters_per_epoch", "3",
         "--output_dir", out]
