@@ -219,7 +219,7 @@ def train_classifier(model, train_set, test_set, flags, device):
     metrics = evaluate_multiview(model, test_set, device, flags)
     best = _better(state.extra["best"], metrics, flags.epochs)
     metrics.update(best_top1=best["top1"], best_epoch=best["epoch"],
-                   data=data.fingerprints(train_set, test_set, skipped=(run.last_skipped, metrics["skipped"])))
+                   data=data.fingerprints(train_set, test_set, skipped=(run.skipped.last, metrics["skipped"])))
     run.logger.log(kind="test", epoch=flags.epochs, **metrics)
     return metrics
 

@@ -141,7 +141,6 @@ class Trainer:
                                  flags.warmup_epochs, getattr(flags, "warmup_start_lr", 0.0))
         self.stop = cli.GracefulStop()
         self.skipped = data.SkippedVideos(self.output_dir, flags.max_skip_share)
-        self.last_skipped = None  # undecodable videos of the last epoch trained
         self.logger = None
 
     # ------------------------------------------------------------------------------------------
@@ -222,7 +221,7 @@ class Trainer:
 
     def _epoch_stats(self, epoch, sums):
         """The epoch's means over every rank's videos, its last rate and its skipped videos."""
-        skipped = self.last_skipped = self.skipped.end_epoch(sums["loaded"], self.device, f"epoch {epoch}")
+        skipped = self.skipped.end_epoch(sums["loaded"], self.device, f"epoch {epoch}")
         n = max(1.0, distributed.all_reduce_sum(sums["n"], self.device))
         means = {k: distributed.all_reduce_sum(v, self.device) / n for k, v in sorted(sums.items())
                  if k not in ("n", "loaded")}
