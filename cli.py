@@ -47,26 +47,16 @@ def _raise_stopped(signum, frame):
     raise Stopped(f"stopped by {signal.Signals(signum).name}", signum)
 
 
-def _say(line):
-    """Write one line to stderr in one write: under torchrun every rank shares one pipe, and a write of
-    under PIPE_BUF (4096) bytes is not interleaved with another rank's. print writes the text and its
-    newline in two calls, so two ranks' lines could run together on one line."""
+def _last_line(line):
+    """The line a process ends with: on stderr in one write (under torchrun every rank shares one pipe,
+    and a write of under PIPE_BUF, 4096 bytes, is not interleaved with another rank's; print writes the
+    text and its newline in two calls, so two ranks' lines could run together on one line), and under
+    torchrun also this rank's error file (TORCHELASTIC_ERROR_FILE), so that the report torchrun prints
+    when a rank fails shows it as the root cause instead of a pointer to its docs."""
     sys.stdout.flush()
     sys.stderr.flush()
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
-
-
-def _one_line_error(message, status=2):
-    line = f"error: {message}"
-    _say(line)
-    _tell_torchrun(line)
-    sys.exit(status)
-
-
-def _tell_torchrun(line):
-    """Under torchrun, the line is also this rank's error file (TORCHELASTIC_ERROR_FILE), so that the
-    report torchrun prints when a rank fails shows it as the root cause instead of a pointer to its docs."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path:
         try:
@@ -74,6 +64,11 @@ def _tell_torchrun(line):
                 json.dump({"message": line, "timestamp": int(time.time())}, f)
         except OSError:
             pass
+
+
+def _one_line_error(message, status=2):
+    _last_line(f"error: {message}")
+    sys.exit(status)
 
 
 def _quiet_signals():
@@ -113,11 +108,10 @@ def _end(error, workers):
     if isinstance(error, (ValueError, FileNotFoundError, SetupError)):
         _one_line_error(error)
     if isinstance(error, Stopped):
-        _say(str(error))
-        _tell_torchrun(str(error))
+        _last_line(str(error))
         sys.exit(128 + error.signum)
     if isinstance(error, KeyboardInterrupt):
-        _say("stopped by SIGINT (Ctrl-C)")
+        _last_line("stopped by SIGINT (Ctrl-C)")
         sys.exit(128 + signal.SIGINT)
     raise error
 
@@ -236,9 +230,7 @@ class WorkerWatch:
             time.sleep(self.interval)
         time.sleep(self.grace)
         if not self.reported:  # the main thread did not get to say it: say it here
-            line = f"error: {self.message()}"
-            _say(line)
-            _tell_torchrun(line)
+            _last_line(f"error: {self.message()}")
         os._exit(1)
 
 
