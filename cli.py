@@ -140,8 +140,12 @@ class GracefulStop:
         self.signum = signum
 
     def stopped(self, epoch, iteration, output_dir):
-        """The Stopped exception a loop raises once its mid-epoch checkpoint is written."""
+        """The Stopped exception a loop raises once its mid-epoch checkpoint is written (iteration None:
+        the signal came after the last step, and the checkpoint is the last epoch's)."""
         name = signal.Signals(self.signum).name
+        if iteration is None:
+            return Stopped(f"stopped by {name} after the last epoch ({epoch}); checkpoint written to {output_dir}: "
+                           f"run the same command again to finish", self.signum)
         return Stopped(f"stopped by {name} at epoch {epoch}, iteration {iteration}; checkpoint written to "
                        f"{output_dir}: run the same command again to resume", self.signum)
 

@@ -192,10 +192,15 @@ class Trainer:
         """Train from `state` to the last epoch. after_epoch(epoch, state), if given, runs after each
         epoch and before its checkpoint (a periodic test, learning monitors); the numbers it returns join
         the epoch's record and line. A signal stops the run after its current step with a checkpoint
-        that resumes mid-epoch (cli.Stopped)."""
+        that resumes mid-epoch (cli.Stopped); one after the last step, after the last epoch's checkpoint."""
         with self.stop:
             for epoch in range(state.epoch + 1, self.flags.epochs + 1):
                 self._epoch(step, epoch, state, after_epoch)
+            # A signal handled after the last step's check (during the last epoch's record, test or
+            # checkpoint) stops the run here, before its closing work (a k-NN, a multi-view test: minutes),
+            # which would otherwise run as if nothing had been asked.
+            if self.stop.requested(self.device):
+                raise self.stop.stopped(state.epoch, None, self.output_dir)
         return state
 
     def _epoch(self, step, epoch, state, after_epoch):

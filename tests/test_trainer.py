@@ -145,6 +145,30 @@ def test_signal_writes_a_mid_epoch_checkpoint_that_resumes_exactly(sig, small_ro
     _assert_same_weights(weights, _final_weights(job, resumed))
 
 
+def test_a_signal_after_the_last_steps_check_stops_before_the_closing_work(small_root, tmp_path, monkeypatch):
+    """A signal handled after the last step's check (here: while the last epoch's checkpoint is written)
+    was dropped: the run went on to its closing work and ended with status 0 as if not asked. It stops
+    after that checkpoint, in one line; the same command then finishes the run without training again."""
+    out = str(tmp_path / "late")
+    argv = PRETRAIN_TINY + ["--data_root", str(small_root / "data"), "--output_dir", out, "--epochs", "2"]
+    save = trainer.Trainer.save
+
+    def save_then_signal(self, state):
+        save(self, state)
+        if state.epoch == 2 and state.iteration == 0:
+            self.stop._handle(signal.SIGTERM, None)
+
+    monkeypatch.setattr(trainer.Trainer, "save", save_then_signal)
+    with pytest.raises(cli.Stopped) as stop:
+        run_script(pretrain, argv)
+    assert str(stop.value) == (f"stopped by SIGTERM after the last epoch (2); checkpoint written to {out}: run the "
+                               f"same command again to finish") and stop.value.signum == signal.SIGTERM
+    assert torch.load(os.path.join(out, "checkpoint.pth"), weights_only=True)["epoch"] == 2
+    monkeypatch.undo()
+    run_script(pretrain, argv)
+    assert [r["epoch"] for r in read_log(out) if r.get("kind") == "epoch"] == [1, 2]
+
+
 # ----------------------------------------------------------------------------------------------
 # Under torchrun (gloo on the CPU): a rank killed and restarted, SIGTERM to torchrun, two nodes
 # ----------------------------------------------------------------------------------------------
