@@ -54,9 +54,12 @@ def test_schedule_steps_and_rates():
 # ----------------------------------------------------------------------------------------------
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-# 18 training videos, batch 2: 9 steps per epoch cut to 6, 3 epochs, a data-loading worker.
+# 18 training videos, batch 2: 9 steps per epoch cut to 8, 3 epochs, a data-loading worker. The signal
+# tests send theirs at iteration 0-4 of an epoch: at least 3 steps (~0.25 s) before its end, the time the
+# test has to see the step in the log and the run to handle the signal (with 6 steps, SIGTERM's 2 steps
+# were once not enough in a loaded test run, and the signal landed after the last epoch).
 COMMON = ["--crop_size", "32", "--num_frames", "2", "--stride", "4", "--batch_size_per_gpu", "2",
-          "--num_workers", "1", "--epochs", "3", "--max_iters_per_epoch", "6", "--log_every", "1"]
+          "--num_workers", "1", "--epochs", "3", "--max_iters_per_epoch", "8", "--log_every", "1"]
 JOBS = {
     "pretrain": (["pretrain.py", "--arch", "slow_tiny", "--warmup_epochs", "0", "--knn_eval", "no",
                   "--teacher_weights", "random", "--extra_ssl"], "encoder"),
