@@ -786,7 +786,6 @@ def decoded_batches(dataset, batch_size, num_workers, device, log_every=10, skip
         skipped.end_epoch(loaded, device, what)
 
 
-
 # ----------------------------------------------------------------------------------------------
 # Writing videos and the synthetic data set
 # ----------------------------------------------------------------------------------------------

@@ -468,11 +468,12 @@ def _decoded(container, stream):
         yield frame
 
 
-# Seconds between keyframes of prepare.py's copies. Samples/s per core of the training reader (3 clips, T=8, tau=8) on copies with
-# a keyframe every 1 s / 2 s / 4 s / 250 frames (bench/data.py --prepared): generated 10-s 1080p sources
-# 5.31 / 5.10 / 4.40 / 4.20, 10-s 720p 5.12 / 4.77 / 4.08 / 3.95, one 60-s 720p 2.64 / 2.15 / 1.61 / 1.12,
-# 30 surveillance-fight clips (2 s on average) 45.4 / 47.2 / 48.1 / 48.0; files at 1 s are 4-16% larger
-# than at 2 s. 2 s is within 7% of the fastest for clips of up to 10 s (Kinetics); 1 s gains 23% at 60 s.
+# Seconds between keyframes of prepare.py's copies. Samples/s per core of the training reader (3 clips, T=8,
+# tau=8) on copies with a keyframe every 1 s / 2 s / 4 s / 250 frames (bench/data.py --prepared): generated
+# 10-s 1080p sources 5.31 / 5.10 / 4.40 / 4.20, 10-s 720p 5.12 / 4.77 / 4.08 / 3.95, one 60-s 720p 2.64 / 2.15
+# / 1.61 / 1.12, 30 surveillance-fight clips (2 s on average) 45.4 / 47.2 / 48.1 / 48.0; files at 1 s are
+# 4-16% larger than at 2 s. 2 s is within 7% of the fastest for clips of up to 10 s (Kinetics); 1 s gains 23%
+# at 60 s.
 KEYFRAME_EVERY = 2.0
 
 
