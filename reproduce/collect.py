@@ -59,11 +59,7 @@ def load_results(results_dir):
     evaluation on different data sets (a smoke run's beside a real one's) stop it."""
     records = []
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
-        with open(path) as f:
-            try:
-                rec = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not a JSON record ({e})") from e
+        rec = _read_json(path)
         run = str(rec.get("run", ""))
         if "__" not in run or "value" not in rec:
             continue  # a record not written by reproduce/ (no "<run>__<eval>" name)
@@ -92,11 +88,10 @@ def pretraining_data(runs_dir, run):
     if not isinstance(run, Pretraining):
         return None
     folder = os.path.join(runs_dir, run.name)
-    try:
-        with open(os.path.join(folder, "config.json")) as f:
-            seen = json.load(f).get("data", {}).get("train")
-    except (OSError, ValueError):
+    config = os.path.join(folder, "config.json")
+    if not os.path.isfile(config):
         return None
+    seen = _read_json(config).get("data", {}).get("train")
     if seen and os.path.isfile(os.path.join(folder, "log.jsonl")):
         epochs = [r for r in read_records(os.path.join(folder, "log.jsonl")) if r.get("kind") == "epoch"]
         seen = dict(seen, skipped=epochs[-1].get("skipped_videos") if epochs else None)
@@ -279,8 +274,12 @@ MINI_LABELS = {"iboot": "iBoot", "rhobyol": "ρBYOL"}
 
 
 def _read_json(path):
+    """A record or config.json; one that does not parse stops collect.py, naming it."""
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not a JSON record ({e})") from e
 
 
 def read_records(path):

@@ -273,6 +273,19 @@ def test_collect_shows_each_rows_pretraining_list_and_says_when_they_differ(tmp_
             "(iBoot / CLIP-ViT).") in open(os.path.join(out, "table1.md")).read()
 
 
+def test_collect_stops_on_a_run_whose_config_does_not_parse(tmp_path):
+    """A run's config.json cut short (a full disk) made its row's data cell "—", the mark of a run not
+    started; it names the file and stops, as a result file that does not parse does."""
+    res, runs, out = str(tmp_path / "results"), str(tmp_path / "runs"), str(tmp_path / "out")
+    write_record(res, f"{plan.CLIP_NOPOOL.name}__knn", 12.34)
+    write_run(runs, plan.CLIP_NOPOOL, "/data/k400/train.csv", "ab" * 32, 240436, 240001, 3)
+    config = os.path.join(runs, plan.CLIP_NOPOOL.name, "config.json")
+    with open(config, "r+") as f:
+        f.truncate(20)
+    with pytest.raises(ValueError, match=rf"^{re.escape(config)}: not a JSON record "):
+        collect.main(["--results", res, "--runs", runs, "--out", out, "--tables", "1", "--no_plots"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Smoke runs: the real pipeline at a tiny scale, then collect.py and the PNGs
 # ---------------------------------------------------------------------------------------------
